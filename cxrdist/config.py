@@ -1,0 +1,256 @@
+"""Config schemas (dataclasses in Hydra's ConfigStore), composition, checks and the saved resolved config.
+
+Groups: ``data``, ``loader`` (torch, dali), ``engine`` (ddp, deepspeed), ``eval``, ``cluster`` (local, slurm),
+``logger`` (wandb, none) and ``method`` (one file per method). The YAML files live in ``cxrdist/conf``; each
+group's schema is registered as ``<group>/schema_<group>`` and every option file extends it in its defaults
+list, so a mistyped key fails at composition with the key's name. A method's recipe is typed here
+(:class:`StageRecipe`); its architecture options are checked by the method's own ``Config`` dataclass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+GROUPS = ("data", "loader", "engine", "eval", "cluster", "logger", "method")
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are (written by shards/write.py)."""
+
+    root: str = MISSING
+    expected_config_hash: str | None = None  # set at run start; a resumed run refuses different shards
+
+
+@dataclass
+class LoaderConfig:
+    """Which loader backend and how many decoding workers/threads."""
+
+    backend: str = "torch"  # torch | dali
+    workers: int = 2  # torch DataLoader workers
+    dali_threads: int = 2
+    eval_batch_per_rank: int = 32
+
+
+@dataclass
+class EngineConfig:
+    """Distributed strategy, precision, checkpoint cadence."""
+
+    strategy: str = "ddp"  # ddp | deepspeed
+    zero_stage: int = 0  # deepspeed only: 0, 1, 2
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
+    max_batch_per_rank: int = 64  # memory cap per rank; gradient accumulation makes up the global batch
+    grad_clip: float | None = None
+    ckpt_every_steps: int = 500
+    ckpt_every_minutes: float = 15.0
+    keep_last: int = 2
+    log_every_steps: int = 20
+    progress: bool = True  # tqdm bar on rank 0 when attached to a terminal
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+
+
+@dataclass
+class EvalConfig:
+    """What the final evaluation computes (localization protocol choices are recorded in metrics.json)."""
+
+    splits: list[str] = field(default_factory=lambda: ["test", "bbox"])
+    compare_size: int = 224
+    thresholds: list[int] = field(default_factory=lambda: [60, 180])
+    connectivity: int = 8
+    heatmap_examples: int = 2  # overlay PNGs per box class
+
+
+@dataclass
+class ClusterConfig:
+    """Where jobs run (used by launch/submit.py)."""
+
+    name: str = "local"  # local | slurm | debug
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    timeout_min: int = 60
+    max_requeues: int = 3
+    signal_delay_s: int = 120
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking."""
+
+    backend: str = "wandb"  # wandb | none
+    project: str = "cxrdist"
+    entity: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer of a training stage."""
+
+    name: str = "adam"  # adam | sgd
+    lr: float = MISSING
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule (stepped per epoch)."""
+
+    name: str = "none"  # none | step | plateau
+    milestones: list[int] = field(default_factory=list)  # step: epochs after which lr *= gamma
+    gamma: float = 0.1
+    metric: str = "val_loss"  # plateau: val_loss | val_auroc | train_loss
+    patience: int = 1
+
+
+@dataclass
+class TransformConfig:
+    """Declarative transforms (see cxrdist/data/transforms.py)."""
+
+    train: list[dict[str, Any]] = field(default_factory=list)
+    eval: list[dict[str, Any]] = field(default_factory=list)
+    normalize: str = "imagenet"
+    channels: int = 3
+
+
+@dataclass
+class StageRecipe:
+    """A training stage's paper recipe."""
+
+    epochs: int = MISSING
+    global_batch: int = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    transforms: TransformConfig = field(default_factory=TransformConfig)
+    loss: str = "bce"  # bce | weighted_bce | focal
+    loss_args: dict[str, Any] = field(default_factory=dict)
+    select_metric: str = "val_auroc"  # best-by-val checkpoint: val_auroc (max) | val_loss (min)
+    max_steps_per_epoch: int | None = None  # cap for smoke runs; None = the whole epoch
+
+
+@dataclass
+class MethodConfig:
+    """A method: its name (= registry key), architecture options, per-stage recipes, published numbers."""
+
+    name: str = MISSING
+    paper: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, StageRecipe] = field(default_factory=dict)
+    published: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """The root config."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    run_dir: str = MISSING
+    seed: int = 0
+
+
+def register_schemas() -> None:
+    """Store the schemas in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema_train", node=TrainConfig)
+    for group, node in (
+        ("data", DataConfig),
+        ("loader", LoaderConfig),
+        ("engine", EngineConfig),
+        ("eval", EvalConfig),
+        ("cluster", ClusterConfig),
+        ("logger", LoggerConfig),
+        ("method", MethodConfig),
+    ):
+        cs.store(group=group, name=f"schema_{group}", node=node)
+
+
+def list_options(group: str) -> list[str]:
+    """The option names of a config group (the YAML files in cxrdist/conf/<group>/)."""
+    conf = Path(__file__).parent / "conf" / group
+    return sorted(p.stem for p in conf.glob("*.yaml"))
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose the root config with Hydra overrides; errors name the bad key or list the valid options."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    register_schemas()
+    overrides = list(overrides or [])
+    for o in overrides:
+        group = o.split("=", 1)[0].lstrip("+~")
+        if group in GROUPS and "=" in o and o.split("=", 1)[1] not in list_options(group):
+            raise ValueError(
+                f"unknown {group} option {o.split('=', 1)[1]!r}; choose one of "
+                f"{', '.join(o2 for o2 in list_options(group))}"
+            )
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("cxrdist.conf", version_base="1.3"):
+            cfg = hydra_compose("train", overrides=overrides)
+    except (ConfigCompositionException, MissingConfigException) as e:
+        cause = e.__cause__ or e
+        raise ValueError(f"bad config override: {cause}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    """Resolved plain-dict form (what is saved and what jobs receive)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+def from_container(d: dict[str, Any]) -> DictConfig:
+    """Rebuild a typed config from a saved dict (checked against the schema)."""
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), d)
+
+
+def config_hash(d: dict[str, Any]) -> str:
+    """A short stable hash of a config dict."""
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(to_container(cfg))))
+    os.replace(tmp, path)
+
+
+def load_config(path: Path) -> DictConfig:
+    """Read a saved resolved config back (typed)."""
+    return from_container(OmegaConf.to_container(OmegaConf.load(path)))
+
+
+def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two config dicts (``key: old → new``)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += diff_configs(va, vb, key + ".")
+        elif va != vb:
+            out.append(f"{key}: {va!r} → {vb!r}")
+    return out

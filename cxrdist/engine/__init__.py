@@ -1,0 +1,1 @@
+"""Training machinery shared by every method: strategies, trainer, checkpoints, stages, pipeline."""

@@ -1,0 +1,109 @@
+"""Run a method's stages in order; skip finished ones; write each stage's DONE.json atomically.
+
+A stage is finished when ``RUN/stages/NN_name/DONE.json`` exists: rank 0 writes it (temp + rename) after a
+barrier, with the stage's outputs, the hash of the config the stage depends on and the code version. A DONE
+written under another config is an error (a run dir is tied to its config; see job.py for ``--force``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from cxrdist import __version__, dist
+from cxrdist.config import config_hash, to_container
+from cxrdist.engine.stages import Stage, StageContext
+
+logger = logging.getLogger(__name__)
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree when there is one."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = "unknown"
+    return f"{__version__}+{sha}"
+
+
+def results_hash(cfg: DictConfig) -> str:
+    """Hash of what determines a stage's results: data, method and seed (not cluster, logger or loader)."""
+    d = to_container(cfg)
+    return config_hash({k: d[k] for k in ("data", "method", "seed")})
+
+
+def stage_dirs(run_dir: Path, stages: list[Stage]) -> dict[str, Path]:
+    """``RUN/stages/NN_name`` for every stage; names must be unique."""
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate stage names {names}")
+    return {s.name: run_dir / "stages" / f"{i:02d}_{s.name}" for i, s in enumerate(stages)}
+
+
+def read_done(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage's DONE.json, or None if the stage has not finished."""
+    path = stage_dir / "DONE.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_done(stage_dir: Path, record: dict[str, Any]) -> None:
+    tmp = stage_dir / ".DONE.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, stage_dir / "DONE.json")
+
+
+def run_stages(ctx: StageContext, stages: list[Stage]) -> dict[str, dict[str, Any]]:
+    """Run every unfinished stage in order (collectively); return each stage's DONE record."""
+    dirs = stage_dirs(ctx.run_dir, stages)
+    ctx.stage_dirs = dirs
+    want = results_hash(ctx.cfg)
+    records = {}
+    for stage in stages:
+        sdir = dirs[stage.name]
+        done = read_done(sdir)
+        if done is not None:
+            if done.get("config_hash") != want:
+                raise RuntimeError(
+                    f"{sdir / 'DONE.json'} was written under config {done.get('config_hash')}, this "
+                    f"run's is {want}: use a new run dir (or --force to start over)"
+                )
+            logger.info("stage %s: done (%s), skipped", stage.name, sdir / "DONE.json")
+            records[stage.name] = done
+            continue
+        if ctx.env.is_main:
+            sdir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        ctx.stage_dir = sdir
+        logger.info("stage %s: start (%s)", stage.name, sdir)
+        t0 = time.time()
+        outputs = stage.run(ctx)
+        dist.barrier()
+        record = {
+            "stage": stage.name,
+            "outputs": outputs,
+            "config_hash": want,
+            "code_version": code_version(),
+            "seconds": round(time.time() - t0, 2),
+            "world_size": ctx.env.world_size,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        if ctx.env.is_main:
+            _write_done(sdir, record)
+        dist.barrier()
+        records[stage.name] = record
+        logger.info("stage %s: done in %.1f s", stage.name, record["seconds"])
+    return records

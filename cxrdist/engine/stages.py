@@ -1,0 +1,199 @@
+"""Method-agnostic stage kinds; ``methods/`` composes them into each method's stage list.
+
+A stage owns ``RUN/stages/NN_name/``; it reads an earlier stage's artifacts by path (``ctx.stage_path``) and
+returns its outputs, which the pipeline writes to ``DONE.json``. Kinds: :class:`TrainStage` (the trainer),
+:class:`ScoreStage` (distributed inference over a split whose gathered result a function turns into
+artifacts), :class:`EvalStage` (the final evaluator), :class:`FunctionStage` (any other collective step, e.g.
+training an auxiliary network or writing a sidecar).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from cxrdist.data.loader import BaseLoader, LoaderSpec, build_loader
+from cxrdist.dist import DistEnv
+from cxrdist.log import Tracker
+
+ModelBuilder = Callable[["StageContext"], torch.nn.Module]
+Forward = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
+
+
+def default_forward(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """logits = model(image)."""
+    return model(batch["image"])
+
+
+@dataclass
+class StageContext:
+    """What a running stage may use: config, run/stage dirs, the dist env, the tracker."""
+
+    cfg: DictConfig
+    run_dir: Path
+    env: DistEnv
+    tracker: Tracker
+    stage_dir: Path = Path(".")
+    stage_dirs: dict[str, Path] = field(default_factory=dict)  # every stage's dir, by name
+
+    def stage_path(self, stage: str, *parts: str) -> Path:
+        """Path of an artifact of stage ``stage`` (which must be part of this method)."""
+        if stage not in self.stage_dirs:
+            raise KeyError(f"no stage {stage!r} in this method (stages: {list(self.stage_dirs)})")
+        return self.stage_dirs[stage].joinpath(*parts)
+
+    def loader_spec(
+        self,
+        *,
+        split: str,
+        train: bool,
+        transforms: DictConfig,
+        batch: int,
+        accum: int = 1,
+        max_steps: int | None = None,
+        **extras: Any,
+    ) -> LoaderSpec:
+        """A LoaderSpec from the config for ``split`` with a recipe's transforms."""
+        ops = transforms.train if train else transforms.eval
+        return LoaderSpec(
+            root=self.cfg.data.root,
+            split=split,
+            train=train,
+            batch_per_rank=batch,
+            accum=accum,
+            ops=[dict(o) for o in ops],
+            normalize=transforms.normalize,
+            channels=transforms.channels,
+            seed=self.cfg.seed,
+            workers=self.cfg.loader.workers,
+            max_steps=max_steps,
+            expected_config_hash=self.cfg.data.expected_config_hash,
+            **extras,
+        )
+
+    def make_loader(self, spec: LoaderSpec) -> BaseLoader:
+        """Build a loader on this rank's slice of the data."""
+        return build_loader(
+            self.cfg.loader.backend,
+            spec,
+            world_size=self.env.world_size,
+            rank=self.env.rank,
+            device=self.env.device,
+            dali_threads=self.cfg.loader.dali_threads,
+        )
+
+    def build_loader(
+        self, stage: TrainStage, *, train: bool, micro: int = 0, accum: int = 1, split: str | None = None
+    ) -> BaseLoader:
+        """The train loader (``stage.split``, key lists, sidecars) or an evaluation loader of a train stage."""
+        extras = {k: v for k, v in stage.loader_extras(self).items() if train or k == "sidecars"}
+        spec = self.loader_spec(
+            split=stage.split if train else (split or "val"),
+            train=train,
+            transforms=stage.recipe.transforms,
+            batch=micro if train else self.cfg.loader.eval_batch_per_rank,
+            accum=accum,
+            max_steps=stage.recipe.max_steps_per_epoch if train else None,
+            **extras,
+        )
+        return self.make_loader(spec)
+
+
+class Stage(ABC):
+    """A named step of a method with an on-disk contract (its dir, its artifacts, DONE.json)."""
+
+    name: str
+
+    @abstractmethod
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        """Do the work (collectively on every rank); return outputs for DONE.json (rank 0's are written)."""
+
+
+@dataclass
+class TrainStage(Stage):
+    """Train a classifier with a recipe; writes ``best.pt`` (best by val) and ``last.pt``."""
+
+    name: str
+    recipe: DictConfig
+    build_model: ModelBuilder
+    forward: Forward = default_forward
+    split: str = "train"
+    init_from: Callable[[StageContext, torch.nn.Module], None] | None = None
+    # (ctx) -> dict of LoaderSpec extras: restrict_keys / oversample_keys / sidecars (paths of earlier stages)
+    loader_extras: Callable[[StageContext], dict[str, Any]] = lambda ctx: {}
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from cxrdist.engine.trainer import Trainer
+
+        return Trainer(ctx, self).fit()
+
+
+@dataclass
+class FunctionStage(Stage):
+    """Any other collective step: ``fn(ctx) -> outputs``."""
+
+    name: str
+    fn: Callable[[StageContext], dict[str, Any]]
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        return self.fn(ctx)
+
+
+@dataclass
+class ScoreStage(Stage):
+    """Distributed inference of a trained model over a split; ``finish(ctx, placed)`` writes the artifacts.
+
+    ``placed`` (rank 0 only; None elsewhere) holds the split's logits (and maps when ``with_maps``) in split
+    order; ``finish`` runs on every rank so it may write sidecars collectively.
+    """
+
+    name: str
+    build_model: ModelBuilder
+    weights: Callable[[StageContext], Path]
+    split: str
+    transforms: Callable[[StageContext], DictConfig]
+    finish: Callable[[StageContext, dict[str, Any] | None, BaseLoader], dict[str, Any]]
+    forward: Forward = default_forward
+    loader_extras: Callable[[StageContext], dict[str, Any]] = lambda ctx: {}
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from cxrdist.engine.checkpoint import load_model_weights
+        from cxrdist.eval.predict import gather_to_main, run_inference
+
+        model = self.build_model(ctx)
+        load_model_weights(self.weights(ctx), model)
+        model.to(ctx.env.device)
+        spec = ctx.loader_spec(
+            split=self.split,
+            train=False,
+            transforms=self.transforms(ctx),
+            batch=ctx.cfg.loader.eval_batch_per_rank,
+            **self.loader_extras(ctx),
+        )
+        loader = ctx.make_loader(spec)
+        placed = gather_to_main(run_inference(model, loader, forward=self.forward), loader.num_samples)
+        return self.finish(ctx, placed, loader)
+
+
+@dataclass
+class EvalStage(Stage):
+    """The final evaluation of a trained model on the configured splits (test AUROC, bbox localization)."""
+
+    name: str
+    build_model: ModelBuilder
+    weights: Callable[[StageContext], Path]
+    transforms: Callable[[StageContext], DictConfig]
+    maps: Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+    loader_extras: Callable[[StageContext], dict[str, Any]] = lambda ctx: {}
+    published: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        from cxrdist.eval.evaluate import evaluate_model
+
+        return evaluate_model(ctx, self)

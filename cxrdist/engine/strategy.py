@@ -1,0 +1,186 @@
+"""DDP and DeepSpeed behind one small interface: wrap, autocast, backward, step, save, load, unwrap.
+
+Precision ``auto`` is bf16 autocast on CUDA and fp32 on the CPU (DeepSpeed refuses fp16 on the CPU and bf16
+is ~8× slower on CPUs without bf16 units). Gradient accumulation: the loss of each micro-batch is divided by
+the accumulation steps and the optimizer steps on the last one; DDP skips the gradient all-reduce on the
+others (``no_sync``); DeepSpeed does the same through its own ``gradient_accumulation_steps``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxrdist.dist import DistEnv
+
+logger = logging.getLogger(__name__)
+STRATEGIES = ("ddp", "deepspeed")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: None for fp32."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    raise ValueError(f"engine.precision {precision!r}: choose auto, fp32 or bf16 (fp16 is not supported)")
+
+
+class Strategy(ABC):
+    """How a model is wrapped, stepped and checkpointed."""
+
+    def __init__(
+        self,
+        env: DistEnv,
+        *,
+        accum: int,
+        micro_batch: int,
+        precision: str = "auto",
+        grad_clip: float | None = None,
+        zero_stage: int = 0,
+    ):
+        self.env, self.accum, self.micro_batch = env, accum, micro_batch
+        self.device = env.device
+        self.dtype = resolve_precision(precision, self.device)
+        self.grad_clip, self.zero_stage = grad_clip, zero_stage
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._micro = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast where configured; a no-op in fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the next backward is the last micro-batch before an optimizer step."""
+        return (self._micro + 1) % self.accum == 0
+
+    @abstractmethod
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Move the model to the device and wrap it and its optimizer."""
+
+    @abstractmethod
+    def backward(self, loss: torch.Tensor) -> bool:
+        """Backward of one micro-batch; steps the optimizer at the accumulation boundary. Returns True if it did."""
+
+    @abstractmethod
+    def unwrap(self) -> nn.Module:
+        """The plain module (for evaluation, CAMs, state dicts)."""
+
+    @abstractmethod
+    def save(self, ckpt_dir: Path) -> dict[str, Any]:
+        """Save model and optimizer under ``ckpt_dir`` (collective: every rank calls it); return extra state."""
+
+    @abstractmethod
+    def load(self, ckpt_dir: Path, extra: dict[str, Any]) -> None:
+        """Restore what :meth:`save` wrote."""
+
+
+class DDPStrategy(Strategy):
+    """torch DistributedDataParallel (or the bare module for one process)."""
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        model.to(self.device)
+        if self.env.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model, self.optimizer = model, optimizer
+
+    def backward(self, loss: torch.Tensor) -> bool:
+        boundary = self.at_boundary
+        sync = contextlib.nullcontext() if boundary or self.env.world_size == 1 else self.model.no_sync()
+        with sync:
+            (loss / self.accum).backward()
+        self._micro += 1
+        if not boundary:
+            return False
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def unwrap(self) -> nn.Module:
+        return self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+
+    def save(self, ckpt_dir: Path) -> dict[str, Any]:
+        if self.env.is_main:
+            torch.save(
+                {"model": self.unwrap().state_dict(), "optimizer": self.optimizer.state_dict()},
+                ckpt_dir / "model_optim.pt",
+            )
+        return {}
+
+    def load(self, ckpt_dir: Path, extra: dict[str, Any]) -> None:
+        state = torch.load(ckpt_dir / "model_optim.pt", map_location=self.device, weights_only=True)
+        self.unwrap().load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class DeepSpeedStrategy(Strategy):
+    """DeepSpeed engine with a torch optimizer (no fused_adam JIT), ZeRO 0/1/2."""
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        import deepspeed
+
+        if self.zero_stage not in (0, 1, 2):
+            raise ValueError(f"engine.zero_stage {self.zero_stage}: choose 0, 1 or 2")
+        config = {
+            "train_micro_batch_size_per_gpu": self.micro_batch,
+            "gradient_accumulation_steps": self.accum,
+            "train_batch_size": self.micro_batch * self.accum * self.env.world_size,
+            "zero_optimization": {"stage": self.zero_stage},
+            "bf16": {"enabled": self.dtype == torch.bfloat16},
+            "gradient_clipping": float(self.grad_clip or 0.0),
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        engine, opt, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=config, dist_init_required=self.env.world_size > 1
+        )
+        self.model, self.optimizer, self._base_optimizer = engine, opt, optimizer
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        # DeepSpeed's bf16 mode keeps bf16 weights itself; autocast covers ops outside the module too.
+        return super().autocast()
+
+    def backward(self, loss: torch.Tensor) -> bool:
+        boundary = self.model.is_gradient_accumulation_boundary()
+        self.model.backward(loss)  # DeepSpeed scales by 1/gradient_accumulation_steps itself
+        self.model.step()
+        self._micro += 1
+        return boundary
+
+    def unwrap(self) -> nn.Module:
+        return self.model.module
+
+    def save(self, ckpt_dir: Path) -> dict[str, Any]:
+        self.model.save_checkpoint(str(ckpt_dir / "deepspeed"), tag="state", save_latest=False)
+        return {}
+
+    def load(self, ckpt_dir: Path, extra: dict[str, Any]) -> None:
+        path, _ = self.model.load_checkpoint(
+            str(ckpt_dir / "deepspeed"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise FileNotFoundError(f"{ckpt_dir / 'deepspeed'}: no DeepSpeed checkpoint")
+
+
+def build_strategy(name: str, env: DistEnv, **kwargs: Any) -> Strategy:
+    """The strategy of ``engine.strategy``."""
+    if name == "ddp":
+        return DDPStrategy(env, **kwargs)
+    if name == "deepspeed":
+        return DeepSpeedStrategy(env, **kwargs)
+    raise ValueError(f"unknown engine strategy {name!r}; choose one of {STRATEGIES}")

@@ -1,0 +1,268 @@
+"""The training loop every method's train stages run: epochs, steps, validation, checkpoints, resume.
+
+Exact resume: a checkpoint is taken only after an optimizer step and holds model, optimizer, scheduler, every
+rank's RNG, the loader position and the trainer state; restarting from it replays the same batches with the
+same augmentation, so a run killed mid-epoch ends with the same weights as an uninterrupted one (CPU, fp32).
+Validation runs on ``val`` after each epoch (loss and AUROC); the best model by the recipe's ``select_metric``
+is kept as ``best.pt``. The test split is never seen here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from cxrdist import dist
+from cxrdist.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model_weights
+from cxrdist.engine.losses import build_loss
+from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
+from cxrdist.engine.strategy import Strategy, build_strategy
+from cxrdist.eval.classification import auroc_per_class
+from cxrdist.eval.predict import gather_to_main, run_inference
+
+if TYPE_CHECKING:
+    from cxrdist.engine.stages import StageContext, TrainStage
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A NaN/inf loss: the run stops; the last complete checkpoint is left as it was."""
+
+
+@dataclass
+class TrainerState:
+    """What the loop itself must remember across a restart."""
+
+    step: int = 0  # optimizer steps
+    epochs_done: int = 0  # epochs whose end-of-epoch work (validation, schedule, best) is done
+    best: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if old is None or math.isnan(old):
+        return True  # the first epoch always sets a best model (even with an undefined metric)
+    return new > old if metric == "val_auroc" else new < old
+
+
+class Trainer:
+    """Runs one TrainStage to completion (resuming from its last checkpoint)."""
+
+    def __init__(self, ctx: StageContext, stage: TrainStage):
+        self.ctx, self.stage, self.recipe = ctx, stage, stage.recipe
+        cfg, env = ctx.cfg, ctx.env
+        self.micro, self.accum = derive_batch(self.recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = stage.build_model(ctx)
+        if stage.init_from is not None:
+            stage.init_from(ctx, model)
+        self.optimizer = build_optimizer(model.parameters(), self.recipe.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.recipe.schedule)
+        self.strategy: Strategy = build_strategy(
+            cfg.engine.strategy,
+            env,
+            accum=self.accum,
+            micro_batch=self.micro,
+            precision=cfg.engine.precision,
+            grad_clip=cfg.engine.grad_clip,
+            zero_stage=cfg.engine.zero_stage,
+        )
+        self.strategy.wrap(model, self.optimizer)
+        self.loss_fn = build_loss(self.recipe.loss, dict(self.recipe.loss_args))
+        self.train_loader = ctx.build_loader(stage, train=True, micro=self.micro, accum=self.accum)
+        self.val_loader = ctx.build_loader(stage, train=False, split="val")
+        self.state = TrainerState()
+        self.ckpt_root = ctx.stage_dir / "ckpt"
+        if env.is_main:
+            logger.info(
+                "%s: global batch %d = %d ranks × %d per rank × %d accumulation; %d steps/epoch",
+                stage.name,
+                self.recipe.global_batch,
+                env.world_size,
+                self.micro,
+                self.accum,
+                len(self.train_loader) // self.accum,
+            )
+
+    # --- checkpoints -----------------------------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Continue from the newest complete checkpoint of this stage, if any."""
+        path = latest_checkpoint(self.ckpt_root)
+        if path is None:
+            return
+        saved = load_checkpoint(path, self.strategy)
+        if self.scheduler is not None and saved.get("scheduler") is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        self.train_loader.load_state_dict(saved["loader"])
+        self.state = TrainerState(**saved["trainer"])
+        logger.info(
+            "resumed %s from %s (step %d, epoch %d)", self.stage.name, path, self.state.step, self.train_loader.epoch
+        )
+
+    def checkpoint(self) -> None:
+        """Collective save of everything an exact resume needs."""
+        state = {
+            "trainer": asdict(self.state),
+            "loader": self.train_loader.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "tracker_id": self.ctx.tracker.run_id,
+        }
+        save_checkpoint(self.ckpt_root, self.state.step, self.strategy, state, self.ctx.cfg.engine.keep_last)
+        self._last_ckpt_time = time.monotonic()
+
+    # --- loop ------------------------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Train for the recipe's epochs; return the stage's outputs for DONE.json."""
+        self.resume()
+        self._last_ckpt_time = time.monotonic()
+        epochs = self.recipe.epochs
+        while self.state.epochs_done < epochs:
+            if self.train_loader.epoch == self.state.epochs_done:
+                train_loss = self._run_epoch()
+            else:  # killed after the epoch's last step but before its end-of-epoch work
+                train_loss = float("nan")
+            self._end_of_epoch(train_loss)
+            self.checkpoint()
+        model = self.strategy.unwrap()
+        if self.ctx.env.is_main:
+            save_model_weights(self.ctx.stage_dir / "last.pt", model, {"step": self.state.step})
+        dist.barrier()
+        return {
+            "best": self.state.best,
+            "best_epoch": self.state.best_epoch,
+            "select_metric": self.recipe.select_metric,
+            "steps": self.state.step,
+            "history": self.state.history,
+            "weights": "best.pt",
+            "last_weights": "last.pt",
+            "global_batch": self.recipe.global_batch,
+            "micro_batch": self.micro,
+            "accum": self.accum,
+            "world_size": self.ctx.env.world_size,
+        }
+
+    def _flags(self, loss: torch.Tensor) -> tuple[bool, bool]:
+        """(non-finite loss on any rank, time to checkpoint) — one tiny all-reduce per micro-step."""
+        env, eng = self.ctx.env, self.ctx.cfg.engine
+        due = env.is_main and (time.monotonic() - self._last_ckpt_time) / 60.0 >= eng.ckpt_every_minutes
+        t = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0, 1.0 if due else 0.0], device=env.device)
+        dist.all_reduce_sum(t)
+        return bool(t[0] > 0), bool(t[1] > 0)
+
+    def _progress(self):
+        if not (self.ctx.env.is_main and self.ctx.cfg.engine.progress and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=len(self.train_loader),
+            desc=f"{self.stage.name} epoch {self.train_loader.epoch}",
+            unit="step",
+            leave=False,
+        )
+
+    def _run_epoch(self) -> float:
+        eng, env, model = self.ctx.cfg.engine, self.ctx.env, self.strategy.model
+        model.train()
+        bar, losses = self._progress(), []
+        t0, seen = time.perf_counter(), 0
+        for batch in self.train_loader:
+            with self.strategy.autocast():
+                logits = self.stage.forward(model, batch)
+            loss = self.loss_fn(logits, batch["labels"])
+            bad, due = self._flags(loss.detach())
+            if bad:
+                raise NonFiniteLossError(
+                    f"{self.stage.name}: non-finite loss at epoch {self.train_loader.epoch}, step {self.state.step}; "
+                    f"stopping. Last good checkpoint: {latest_checkpoint(self.ckpt_root)}"
+                )
+            stepped = self.strategy.backward(loss)
+            losses.append(loss.item())
+            seen += len(batch["index"]) * env.world_size
+            if bar is not None:
+                bar.update()
+            if not stepped:
+                continue
+            self.state.step += 1
+            if self.state.step % eng.log_every_steps == 0:
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
+                self.ctx.tracker.log(
+                    {
+                        "train/loss": float(np.mean(losses[-self.accum * eng.log_every_steps :])),
+                        "train/lr": self.optimizer.param_groups[0]["lr"],
+                        "train/images_per_s": rate,
+                    },
+                    step=self.state.step,
+                    prefix=self.stage.name,
+                )
+            if self.state.step % eng.ckpt_every_steps == 0 or due:
+                self.checkpoint()
+        if bar is not None:
+            bar.close()
+        mean = torch.tensor([float(np.sum(losses)), float(len(losses))], device=env.device)
+        dist.all_reduce_sum(mean)
+        return float(mean[0] / mean[1].clamp(min=1))
+
+    def _validate(self) -> dict[str, float]:
+        model = self.strategy.unwrap()
+        local = run_inference(model, self.val_loader, forward=self.stage.forward, autocast=self.strategy.autocast)
+        placed = gather_to_main(local, self.val_loader.num_samples)
+        metrics: dict[str, Any] = {}
+        if placed is not None:
+            labels = self.val_loader.reader.labels
+            logits = torch.from_numpy(placed["logits"])
+            metrics["val_loss"] = float(self.loss_fn(logits, torch.from_numpy(labels.astype(np.float32))))
+            res = auroc_per_class(labels, placed["logits"])
+            metrics["val_auroc"] = float("nan") if res["mean"] is None else float(res["mean"])
+            metrics.update({f"val_auroc/{k}": v for k, v in res["per_class"].items() if v is not None})
+        return dist.broadcast_object(metrics)
+
+    def _end_of_epoch(self, train_loss: float) -> None:
+        epoch = self.state.epochs_done
+        metrics = {"train_loss": train_loss, **self._validate()}
+        step_scheduler(self.scheduler, metrics)
+        key = self.recipe.select_metric
+        if key not in metrics:
+            raise ValueError(f"select_metric {key!r} is not computed (have {sorted(metrics)})")
+        if _better(key, metrics[key], self.state.best):
+            self.state.best, self.state.best_epoch = metrics[key], epoch
+            if self.ctx.env.is_main:
+                save_model_weights(
+                    self.ctx.stage_dir / "best.pt",
+                    self.strategy.unwrap(),
+                    {"epoch": epoch, key: metrics[key], "step": self.state.step},
+                )
+        self.state.history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": metrics["val_loss"],
+                "val_auroc": metrics["val_auroc"],
+            }
+        )
+        self.state.epochs_done += 1
+        self.ctx.tracker.log(
+            {f"val/{k}": v for k, v in metrics.items()} | {"epoch": epoch}, step=self.state.step, prefix=self.stage.name
+        )
+        if self.ctx.env.is_main:
+            logger.info(
+                "%s epoch %d: train loss %.4f, val loss %.4f, val AUROC %.4f%s",
+                self.stage.name,
+                epoch,
+                train_loss,
+                metrics["val_loss"],
+                metrics["val_auroc"],
+                " (best)" if self.state.best_epoch == epoch else "",
+            )
+        dist.barrier()

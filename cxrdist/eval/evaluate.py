@@ -1,0 +1,199 @@
+"""Final evaluation of a trained model: per-class AUROC on ``test``, the localization protocols on ``bbox``.
+
+Writes, per split, into ``<out>/<split>/``: ``metrics.json`` (every number and every protocol choice),
+``predictions.npz`` (keys, logits, labels in split order), ``auroc.md`` and ``roc.png``; on ``bbox`` also
+``heatmaps.npz`` (key, class, the heatmap exactly as the localization code received it) and
+``localization.md`` and ``heatmaps/*.png`` overlays. Heatmaps come from the method (``maps`` callable) in the
+network-input frame; the eval crop is undone here by pasting the map into a full-image canvas at
+``compare_size`` whose outside is the map's minimum (so it is 0 after min-max and yields no box).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrdist.engine.checkpoint import load_model_weights
+from cxrdist.eval.boxes import boxes_from_heatmap, heatmap_to_image, scale_xywh
+from cxrdist.eval.classification import auroc_per_class
+from cxrdist.eval.figures import plot_heatmap_overlay, plot_roc
+from cxrdist.eval.localization import evaluate_localization
+from cxrdist.eval.predict import gather_to_main, run_inference
+from cxrdist.eval.tables import auroc_table_md, localization_table_md
+from cxrdist.labels import BOX_CLASSES, LABELS
+
+if TYPE_CHECKING:
+    from cxrdist.data.loader import BaseLoader
+    from cxrdist.engine.stages import EvalStage, StageContext
+
+logger = logging.getLogger(__name__)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
+    tmp.replace(path)
+
+
+def uncrop_maps(maps: np.ndarray, loader: BaseLoader, compare: int) -> dict[tuple[str, int], np.ndarray]:
+    """Full-image heatmaps at ``compare``² for every (key, box class) that has a ground-truth box."""
+    out = {}
+    reader = loader.reader
+    for i in range(len(reader)):
+        meta = reader.meta(i)
+        classes = sorted({b["class"] for b in meta["boxes"]})
+        if not classes:
+            continue
+        g = loader.geometry(i, 0, 0)
+        sw, sh = meta["size"]
+        x0, y0 = round(g.x0 * compare / sw), round(g.y0 * compare / sh)
+        x1, y1 = round((g.x0 + g.w) * compare / sw), round((g.y0 + g.h) * compare / sh)
+        m = torch.from_numpy(maps[i][classes]).float()[None]
+        up = F.interpolate(m, size=(max(y1 - y0, 1), max(x1 - x0, 1)), mode="bilinear", align_corners=False)[0]
+        for c, plane in zip(classes, up):
+            canvas = torch.full((compare, compare), float(plane.min()))
+            canvas[y0:y1, x0:x1] = plane[: compare - y0, : compare - x0]
+            # float16 storage is what heatmaps.npz keeps; hand the localization code exactly those values.
+            out[(reader.keys[i], c)] = canvas.numpy().astype(np.float16).astype(np.float32)
+    return out
+
+
+def _boxes(loader: BaseLoader) -> list[dict[str, Any]]:
+    recs = []
+    for i in range(len(loader.reader)):
+        meta = loader.reader.meta(i)
+        recs += [
+            {"key": meta["key"], "class_idx": b["class"], "x": b["x"], "y": b["y"], "w": b["w"], "h": b["h"]}
+            for b in meta["boxes"]
+        ]
+    return recs
+
+
+def _overlays(
+    out: Path, loader: BaseLoader, heatmaps: dict, boxes: list[dict], compare: int, per_class: int, threshold: float
+) -> dict[str, str]:
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    written, counts = {}, dict.fromkeys(BOX_CLASSES, 0)
+    for b in boxes:
+        name = LABELS[b["class_idx"]]
+        if counts[name] >= per_class or (b["key"], b["class_idx"]) not in heatmaps:
+            continue
+        i = loader.reader.key_to_index[b["key"]]
+        meta = loader.reader.meta(i)
+        img = Image.open(io.BytesIO(loader.reader.jpeg(i))).convert("L").resize((compare, compare))
+        hm = heatmaps[(b["key"], b["class_idx"])]
+        gt = scale_xywh(np.array([[b["x"], b["y"], b["w"], b["h"]]]), tuple(meta["size"]), compare)
+        pred = boxes_from_heatmap(heatmap_to_image(hm, compare), threshold)
+        path = out / f"{name}_{b['key']}.png"
+        plot_heatmap_overlay(np.asarray(img), hm, gt, pred, path, title=f"{name} — {b['key']} (T={threshold:g})")
+        written[f"heatmap/{name}/{b['key']}"] = str(path)
+        counts[name] += 1
+    return written
+
+
+def evaluate_split(
+    ctx: StageContext, model: torch.nn.Module, stage: EvalStage, split: str, out: Path
+) -> dict[str, Any] | None:
+    """Evaluate one split collectively; rank 0 writes the files and returns the metrics (None elsewhere)."""
+    ecfg = ctx.cfg.eval
+    spec = ctx.loader_spec(
+        split=split,
+        train=False,
+        transforms=stage.transforms(ctx),
+        batch=ctx.cfg.loader.eval_batch_per_rank,
+        **stage.loader_extras(ctx),
+    )
+    loader = ctx.make_loader(spec)
+    local = run_inference(
+        model, loader, maps=stage.maps if split == "bbox" else None, forward=lambda m, b: stage.maps(m, b)[0]
+    )
+    placed = gather_to_main(local, loader.num_samples)
+    if placed is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    labels, logits = loader.reader.labels, placed["logits"]
+    np.savez(out / "predictions.npz", keys=np.array(loader.reader.keys), logits=logits, labels=labels)
+    auroc = auroc_per_class(labels, logits)
+    metrics: dict[str, Any] = {"split": split, "num_samples": len(labels), "auroc": auroc}
+    published = stage.published.get("auroc")
+    (out / "auroc.md").write_text(
+        auroc_table_md({"ours": auroc}, {"published": dict(published)} if published else None) + "\n"
+    )
+    plot_roc(labels, logits, out / "roc.png")
+    images = {f"{split}/roc": str(out / "roc.png")}
+    if split == "bbox":
+        boxes = _boxes(loader)
+        heatmaps = uncrop_maps(placed["maps"], loader, ecfg.compare_size)
+        sizes = {loader.reader.keys[i]: tuple(loader.reader.meta(i)["size"]) for i in range(len(loader.reader))}
+        loc = evaluate_localization(
+            heatmaps,
+            boxes,
+            orig_size=sizes,
+            compare_size=ecfg.compare_size,
+            thresholds=list(ecfg.thresholds),
+            connectivity=ecfg.connectivity,
+        )
+        pairs = sorted(heatmaps)
+        np.savez_compressed(
+            out / "heatmaps.npz",
+            keys=np.array([k for k, _ in pairs]),
+            class_index=np.array([c for _, c in pairs]),
+            heatmaps=np.stack([heatmaps[p] for p in pairs]).astype(np.float16)
+            if pairs
+            else np.zeros((0, ecfg.compare_size, ecfg.compare_size), np.float16),
+            size=np.array([ecfg.compare_size, ecfg.compare_size]),
+        )
+        (out / "localization.md").write_text(localization_table_md(loc) + "\n")
+        metrics["localization"] = loc
+        images |= _overlays(
+            out / "heatmaps",
+            loader,
+            heatmaps,
+            boxes,
+            ecfg.compare_size,
+            ecfg.heatmap_examples,
+            float(ecfg.thresholds[0]),
+        )
+    _write_json(out / "metrics.json", metrics)
+    ctx.tracker.log(
+        {f"{split}/auroc_mean": auroc["mean"]} | {f"{split}/auroc/{k}": v for k, v in auroc["per_class"].items()},
+        step=0,
+        prefix="eval",
+    )
+    ctx.tracker.log_images(images, step=0, prefix="eval")
+    ctx.tracker.log_table(
+        f"{split}/auroc",
+        ["class", "auroc", "published"],
+        [[n, auroc["per_class"][n], (published or {}).get(n)] for n in LABELS],
+    )
+    logger.info("%s: mean AUROC %s over %d samples → %s", split, auroc["mean"], len(labels), out)
+    return metrics
+
+
+def evaluate_model(ctx: StageContext, stage: EvalStage, out_root: Path | None = None) -> dict[str, Any]:
+    """Run the configured evaluation splits; return a summary for DONE.json."""
+    from cxrdist import dist
+
+    model = stage.build_model(ctx)
+    weights = stage.weights(ctx)
+    load_model_weights(weights, model)
+    model.to(ctx.env.device)
+    out_root = out_root or ctx.stage_dir
+    summary: dict[str, Any] = {"weights": str(weights)}
+    for split in ctx.cfg.eval.splits:
+        m = evaluate_split(ctx, model, stage, split, out_root / split)
+        if m is not None:
+            summary[split] = {"auroc_mean": m["auroc"]["mean"], "dir": str(out_root / split)}
+            if "localization" in m:
+                kim = m["localization"]["kim"]
+                summary[split]["kim_iou0.3_mean"] = kim.get("best", {}).get("0.3", {}).get("mean_over_classes")
+    return dist.broadcast_object(summary)

@@ -1,0 +1,162 @@
+"""The job every launcher runs: prepare a run dir, then on each rank run the method's stages.
+
+``prepare_run(cfg)`` (once, before any process starts) creates the run dir, pins the shards' writer config
+hash into the config and saves it as ``RUN/config.yaml``; a run dir whose saved config differs is refused
+with the differences unless ``force``. ``run_rank(cfg_dict, run_dir)`` is what each process calls (local
+spawn, torchrun, Slurm/submitit): logging, process group, tracker, stages. ``Job`` is the submitit callable:
+``checkpoint()`` only resubmits itself (state lives on disk), so a requeued job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class RunDirError(ValueError):
+    """A run dir that cannot be used for this config."""
+
+
+def prepare_run(cfg, force: bool = False) -> Path:
+    """Create/check the run dir and save the resolved config; return the run dir."""
+    from cxrdist.config import diff_configs, load_config, save_config, to_container
+    from cxrdist.data.format import read_json
+    from cxrdist.methods import get_method
+
+    get_method(cfg.method.name)(cfg)  # validates method options before anything is written
+    shards = Path(cfg.data.root)
+    if not (shards / "_dataset.json").is_file():
+        raise FileNotFoundError(f"data.root={shards}: no _dataset.json; write shards first (shards/write.py)")
+    if cfg.data.expected_config_hash is None:
+        cfg.data.expected_config_hash = read_json(shards / "_dataset.json")["config_hash"]
+    run_dir = Path(cfg.run_dir)
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        old = to_container(load_config(saved))
+        if old["method"]["name"] != cfg.method.name and not force:
+            raise RunDirError(
+                f"{run_dir} belongs to method {old['method']['name']!r}, not {cfg.method.name!r}; "
+                "choose another run_dir"
+            )
+        changes = [d for d in diff_configs(old, to_container(cfg)) if not d.startswith(("cluster.", "logger."))]
+        if changes and not force:
+            raise RunDirError(
+                f"{run_dir} was started with another config; differences:\n  "
+                + "\n  ".join(changes)
+                + "\nuse a new run_dir, or --force to discard it and start over"
+            )
+        if changes and force:
+            logger.warning("--force: discarding %s (stages and checkpoints)", run_dir)
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)
+    return run_dir
+
+
+def run_rank(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Run the method's stages on this process (called on every rank)."""
+    import torch
+
+    from cxrdist import dist
+    from cxrdist.config import from_container
+    from cxrdist.engine.pipeline import run_stages
+    from cxrdist.engine.stages import StageContext
+    from cxrdist.log import build_tracker, setup_logging
+    from cxrdist.methods import get_method
+
+    env = dist.from_environment()
+    setup_logging(run_dir, env.rank)
+    cfg = from_container(cfg_dict)
+    if cfg.engine.deterministic:
+        torch.use_deterministic_algorithms(True)
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    dist.init(env)
+    tracker = build_tracker(
+        cfg.logger.backend,
+        Path(run_dir),
+        is_main=env.is_main,
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.method.name,
+        config=cfg_dict,
+    )
+    try:
+        ctx = StageContext(cfg=cfg, run_dir=Path(run_dir), env=env, tracker=tracker)
+        records = run_stages(ctx, get_method(cfg.method.name)(cfg).stages())
+    finally:
+        tracker.finish()
+        dist.shutdown()
+    return {"rank": env.rank, "stages": list(records), "wandb_id": tracker.run_id}
+
+
+def _spawn_entry(rank: int, world: int, port: int, cfg_dict: dict[str, Any], run_dir: str) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "CXRDIST_DIST_SOURCE": "local",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        }
+    )
+    run_rank(cfg_dict, run_dir)
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_local(cfg, nproc: int = 1, force: bool = False) -> Path:
+    """Run a method on this machine with ``nproc`` processes (gloo on CPU); returns the run dir."""
+    import torch.multiprocessing as mp
+
+    from cxrdist.config import to_container
+
+    run_dir = prepare_run(cfg, force=force)
+    cfg_dict = to_container(cfg)
+    if nproc == 1:
+        for k in ("RANK", "WORLD_SIZE"):
+            os.environ.pop(k, None)
+        run_rank(cfg_dict, str(run_dir))
+    else:
+        mp.start_processes(
+            _spawn_entry,
+            args=(nproc, free_port(), cfg_dict, str(run_dir)),
+            nprocs=nproc,
+            join=True,
+            start_method="spawn",
+        )
+    return run_dir
+
+
+class Job:
+    """The submitit callable shared by every kind of job (training, evaluation, sharding)."""
+
+    def __init__(self, cfg_dict: dict[str, Any], run_dir: str):
+        self.cfg_dict, self.run_dir = cfg_dict, run_dir
+
+    def __call__(self) -> dict[str, Any]:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        os.environ["CXRDIST_DIST_SOURCE"] = "submitit"
+        return run_rank(self.cfg_dict, self.run_dir)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """On timeout/preemption: resubmit the same job; no collective work here (checkpoints are on disk)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(type(self)(self.cfg_dict, self.run_dir))

@@ -1,0 +1,169 @@
+"""Logging (rank-0 console, one file per rank) and the experiment tracker (W&B on rank 0, or nothing).
+
+W&B: the run id is created once and kept in ``RUN/wandb_id.txt`` so a requeued or resubmitted job continues
+the same run (group = method, name = run dir name). Every WANDB_* directory points inside ``RUN/wandb`` so
+nothing lands in $HOME. Offline unless the environment says otherwise (``WANDB_MODE=online``). W&B cannot
+append to an *offline* run: each job segment writes its own ``offline-run-*-<id>`` folder with the same id;
+sync them in order (``wandb sync RUN/wandb/wandb/offline-run-*``). Online runs resume with ``resume="allow"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+_FORMAT = "%(asctime)s %(levelname)s [rank%(rank)s] %(name)s: %(message)s"
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = self.rank
+        return True
+
+
+def setup_logging(run_dir: str | Path | None, rank: int, level: int = logging.INFO) -> None:
+    """Console handler on rank 0 (warnings and errors on the others), a file per rank in ``RUN/logs``."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_cxrdist", False):
+            root.removeHandler(h)
+    root.setLevel(level)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level if rank == 0 else logging.WARNING)
+    handlers: list[logging.Handler] = [console]
+    if run_dir is not None:
+        log_dir = Path(run_dir) / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_dir / f"rank{rank}.log"))
+    for h in handlers:
+        h._cxrdist = True  # type: ignore[attr-defined]
+        h.addFilter(_RankFilter(rank))
+        h.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
+        root.addHandler(h)
+    for noisy in ("PIL", "matplotlib", "urllib3", "DeepSpeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Tracker:
+    """What the engine logs to: a no-op base (``logger=none`` and ranks other than 0)."""
+
+    run_id: str | None = None
+    location: str = "none"
+
+    def log(self, metrics: dict[str, Any], step: int, prefix: str = "run") -> None:
+        """Log scalars at ``step`` of a stage (``prefix``: each stage counts its own steps)."""
+
+    def log_images(self, images: dict[str, str], step: int, prefix: str = "run") -> None:
+        """Log PNG files (name → path)."""
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """Log a small table."""
+
+    def finish(self) -> None:
+        """Flush and close."""
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run's W&B id, created once and kept in ``RUN/wandb_id.txt``."""
+    path = Path(run_dir) / "wandb_id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    rid = uuid.uuid4().hex[:12]
+    tmp = path.with_name(".wandb_id.txt.tmp")
+    tmp.write_text(rid + "\n")
+    os.replace(tmp, path)
+    return rid
+
+
+def wandb_environment(run_dir: Path) -> dict[str, str]:
+    """The WANDB_* variables that keep every W&B file inside the run dir (mode: offline unless set)."""
+    base = Path(run_dir).resolve() / "wandb"
+    env = {
+        "WANDB_DIR": str(base),
+        "WANDB_CACHE_DIR": str(base / "cache"),
+        "WANDB_CONFIG_DIR": str(base / "config"),
+        "WANDB_DATA_DIR": str(base / "data"),
+        "WANDB_ARTIFACT_DIR": str(base / "artifacts"),
+    }
+    env["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
+    return env
+
+
+class WandbTracker(Tracker):
+    """W&B run on rank 0 with a persisted id."""
+
+    def __init__(self, run_dir: Path, project: str, entity: str | None, group: str, config: dict[str, Any]):
+        env = wandb_environment(run_dir)
+        for k, v in env.items():
+            if k != "WANDB_MODE":
+                Path(v).mkdir(parents=True, exist_ok=True)
+            os.environ[k] = v
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        self.run_id = wandb_run_id(run_dir)
+        self._wandb = wandb
+        self._axes: set[str] = set()
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            group=group,
+            name=Path(run_dir).name,
+            id=self.run_id,
+            resume="allow",
+            config=config,
+            dir=env["WANDB_DIR"],
+            mode=env["WANDB_MODE"],
+        )
+        self.location = self.run.url if env["WANDB_MODE"] == "online" and self.run.url else self.run.dir
+        logger.info("W&B run %s (%s): %s", self.run_id, env["WANDB_MODE"], self.location)
+
+    def _step_key(self, prefix: str) -> str:
+        # Each stage has its own step axis: W&B's own step must only grow, and stages restart at 0.
+        key = f"{prefix}/step"
+        if key not in self._axes:
+            self.run.define_metric(key)
+            self.run.define_metric(f"{prefix}/*", step_metric=key)
+            self._axes.add(key)
+        return key
+
+    def log(self, metrics: dict[str, Any], step: int, prefix: str = "run") -> None:
+        row = {(k if k.startswith(f"{prefix}/") else f"{prefix}/{k}"): v for k, v in metrics.items() if v is not None}
+        self.run.log({**row, self._step_key(prefix): step})
+
+    def log_images(self, images: dict[str, str], step: int, prefix: str = "run") -> None:
+        row = {f"{prefix}/{k}": self._wandb.Image(v) for k, v in images.items()}
+        self.run.log({**row, self._step_key(prefix): step})
+
+    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self.run.log({name: self._wandb.Table(columns=columns, data=rows)})
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def build_tracker(
+    backend: str,
+    run_dir: Path,
+    *,
+    is_main: bool,
+    project: str = "cxrdist",
+    entity: str | None = None,
+    group: str = "",
+    config: dict[str, Any] | None = None,
+) -> Tracker:
+    """W&B on rank 0 when ``backend == 'wandb'``, else a no-op tracker."""
+    if backend not in ("wandb", "none"):
+        raise ValueError(f"unknown logger {backend!r}; choose wandb or none")
+    if backend == "none" or not is_main:
+        return Tracker()
+    return WandbTracker(run_dir, project, entity, group, config or {})

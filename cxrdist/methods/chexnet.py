@@ -1,0 +1,28 @@
+"""CheXNet (Rajpurkar et al. 2017): DenseNet-121 → GAP → Linear(1024, 14); heatmap = CAM.
+
+Parameters at 14 classes, 3 input channels: 6,968,206 (torchvision densenet121 with a 14-way head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cxrdist.engine.stages import Stage
+from cxrdist.methods.base import Method, build_context_free, register_method
+from cxrdist.models import build_model
+
+
+@register_method("chexnet")
+class CheXNet(Method):
+    """One training stage, then evaluation."""
+
+    @dataclass
+    class ModelConfig:
+        pretrained: bool = True  # ImageNet DenseNet-121
+
+    def build_model(self, stage: str):
+        """The network of ``stage``."""
+        return build_model("chexnet", pretrained=self.model_cfg.pretrained, in_chans=self.in_chans(stage))
+
+    def stages(self) -> list[Stage]:
+        return self.train_and_eval("train", build_context_free(self, "train"))

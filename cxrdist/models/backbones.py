@@ -1,0 +1,156 @@
+"""Backbone feature extractors: the network up to its last feature map, without pooling or classifier.
+
+ResNet-18/50 and DenseNet-121 come from torchvision (the ImageNet weights the papers' era used, and the
+module names of published ChestX-ray14 checkpoints). SE-ResNet-101 comes from timm (``seresnet101``: an SE
+block with reduction 16 on the residual branch of every bottleneck); its ImageNet initialisation is the
+torchvision ResNet-101, as ma2019 §3.4 says ("initialized using weights from the pre-trained ResNet-101
+model(using ImageNet)"), with the SE blocks left at their random init.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+import torchvision.models as tvm
+from torch import Tensor, nn
+
+BACKBONES: tuple[str, ...] = ("resnet18", "resnet50", "densenet121", "seresnet101")
+
+_TORCHVISION: dict[str, tuple[Callable[..., nn.Module], type[tvm.WeightsEnum]]] = {
+    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights),
+    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights),
+    "resnet101": (tvm.resnet101, tvm.ResNet101_Weights),
+    "densenet121": (tvm.densenet121, tvm.DenseNet121_Weights),
+}
+_RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def weights_error(name: str, exc: BaseException) -> RuntimeError:
+    """The error raised when ImageNet weights cannot be loaded (no network and nothing cached)."""
+    return RuntimeError(
+        f"ImageNet weights for {name} could not be loaded ({type(exc).__name__}: {exc}); put them in the "
+        "torch/timm cache (TORCH_HOME / HF_HOME) on a machine with internet, or run with pretrained=false"
+    )
+
+
+def build_torchvision_model(name: str, pretrained: bool) -> nn.Module:
+    """Build a torchvision ImageNet model (1000-class head), with ``weights=DEFAULT`` when ``pretrained``.
+
+    Raises:
+        RuntimeError: ``pretrained`` and the weights are neither cached nor downloadable.
+    """
+    builder, weights = _TORCHVISION[name]
+    if not pretrained:
+        return builder(weights=None)
+    try:
+        return builder(weights=weights.DEFAULT)
+    except Exception as exc:  # URLError, hash mismatch, corrupt cache: all mean "no usable weights"
+        raise weights_error(name, exc) from exc
+
+
+def adapt_first_conv(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
+    """Return ``conv`` for ``in_chans`` input channels (3: unchanged; 1: RGB kernels summed).
+
+    Summing over RGB makes the 1-channel network compute exactly what the 3-channel one computes on the grey
+    image replicated to RGB, for pretrained and random weights alike.
+    """
+    if in_chans == conv.in_channels:
+        return conv
+    if in_chans != 1 or conv.in_channels != 3:
+        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+    new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new
+
+
+def _resnet_features(model: nn.Module, in_chans: int) -> nn.Sequential:
+    """conv1 … layer4 of a torchvision/timm ResNet as a Sequential (same parameter names, no head)."""
+    # timm names the stem ReLU ``act1``; keep torchvision's ``relu`` so both backbones look alike.
+    children = OrderedDict((n, getattr(model, n) if hasattr(model, n) else model.act1) for n in _RESNET_STAGES)
+    children["conv1"] = adapt_first_conv(children["conv1"], in_chans)
+    return nn.Sequential(children)
+
+
+def densenet_features(model: nn.Module, in_chans: int) -> nn.Sequential:
+    """torchvision DenseNet ``features`` (conv0 … norm5) plus the final ReLU its forward applies."""
+    children = OrderedDict(model.features.named_children())
+    children["conv0"] = adapt_first_conv(children["conv0"], in_chans)
+    children["relu5"] = nn.ReLU()
+    return nn.Sequential(children)
+
+
+def load_resnet101_into_seresnet(features: nn.Module, in_chans: int) -> None:
+    """Copy torchvision ImageNet ResNet-101 weights into SE-ResNet-101 features; SE blocks keep their init.
+
+    Raises:
+        RuntimeError: the weights cannot be loaded, or a non-SE parameter has no ResNet-101 counterpart
+            (or the other way round).
+    """
+    try:
+        state = tvm.ResNet101_Weights.DEFAULT.get_state_dict(progress=False)
+    except Exception as exc:
+        raise weights_error("resnet101 (the ResNet part of seresnet101)", exc) from exc
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if in_chans == 1:
+        state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    missing, unexpected = features.load_state_dict(state, strict=False)
+    not_se = [k for k in missing if ".se." not in k]
+    if not_se or unexpected:
+        raise RuntimeError(f"ResNet-101 → SE-ResNet-101 key mismatch: missing {not_se}, unexpected {unexpected}")
+
+
+def _seresnet101_features(pretrained: bool, in_chans: int) -> nn.Sequential:
+    import timm  # imported here: timm is only needed for this backbone and its import is slow
+
+    model = timm.create_model("seresnet101", pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
+    features = _resnet_features(model, in_chans)
+    if pretrained:
+        load_resnet101_into_seresnet(features, in_chans)
+    return features
+
+
+def build_backbone(name: str, pretrained: bool = False, in_chans: int = 3) -> tuple[nn.Sequential, int]:
+    """Build a feature extractor returning the last feature map (B, C, H/32, W/32), post-ReLU.
+
+    Args:
+        name: one of :data:`BACKBONES`.
+        pretrained: initialise from ImageNet (needs the weights cached or a network).
+        in_chans: 1 or 3 input channels.
+
+    Returns:
+        ``(features, num_features)``: an ``nn.Sequential`` with the torchvision child names (``conv1`` …
+        ``layer4`` for ResNets, ``conv0`` … ``norm5``, ``relu5`` for DenseNet) and its channel count C.
+        Its parameters are exactly the reference model's minus the classifier.
+
+    Raises:
+        ValueError: unknown name or ``in_chans``.
+        RuntimeError: ``pretrained`` and the weights cannot be loaded.
+    """
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+    if name == "seresnet101":
+        return _seresnet101_features(pretrained, in_chans), 2048
+    if name in ("resnet18", "resnet50"):
+        model = build_torchvision_model(name, pretrained)
+        return _resnet_features(model, in_chans), model.fc.in_features
+    if name == "densenet121":
+        model = build_torchvision_model(name, pretrained)
+        return densenet_features(model, in_chans), model.classifier.in_features
+    raise ValueError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
+
+
+def stage_outputs(features: nn.Sequential, x: Tensor, names: tuple[str, ...]) -> list[Tensor]:
+    """Run ``features`` on ``x`` and return the outputs of the children called ``names`` (in order)."""
+    outputs = []
+    for child_name, child in features.named_children():
+        x = child(x)
+        if child_name in names:
+            outputs.append(x)
+    if len(outputs) != len(names):
+        raise ValueError(f"children {names} not all found in {[n for n, _ in features.named_children()]}")
+    return outputs
