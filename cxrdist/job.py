@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,15 @@ def prepare_run(cfg, force: bool = False) -> Path:
     return run_dir
 
 
-def run_rank(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """Run the method's stages on this process (called on every rank)."""
+def method_stages(cfg) -> list:
+    """The configured method's stages (the default ``stages_fn``)."""
+    from cxrdist.methods import get_method
+
+    return get_method(cfg.method.name)(cfg).stages()
+
+
+def run_rank(cfg_dict: dict[str, Any], run_dir: str, stages_fn: Callable | None = None) -> dict[str, Any]:
+    """Run the method's stages (or ``stages_fn(cfg)``'s) on this process; called on every rank."""
     import torch
 
     from cxrdist import dist
@@ -67,7 +75,6 @@ def run_rank(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
     from cxrdist.engine.pipeline import run_stages
     from cxrdist.engine.stages import StageContext
     from cxrdist.log import build_tracker, setup_logging
-    from cxrdist.methods import get_method
 
     env = dist.from_environment()
     setup_logging(run_dir, env.rank)
@@ -87,14 +94,16 @@ def run_rank(cfg_dict: dict[str, Any], run_dir: str) -> dict[str, Any]:
     )
     try:
         ctx = StageContext(cfg=cfg, run_dir=Path(run_dir), env=env, tracker=tracker)
-        records = run_stages(ctx, get_method(cfg.method.name)(cfg).stages())
+        records = run_stages(ctx, (stages_fn or method_stages)(cfg))
     finally:
         tracker.finish()
         dist.shutdown()
     return {"rank": env.rank, "stages": list(records), "wandb_id": tracker.run_id}
 
 
-def _spawn_entry(rank: int, world: int, port: int, cfg_dict: dict[str, Any], run_dir: str) -> None:
+def _spawn_entry(
+    rank: int, world: int, port: int, cfg_dict: dict[str, Any], run_dir: str, stages_fn: Callable | None
+) -> None:
     os.environ.update(
         {
             "RANK": str(rank),
@@ -107,7 +116,7 @@ def _spawn_entry(rank: int, world: int, port: int, cfg_dict: dict[str, Any], run
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         }
     )
-    run_rank(cfg_dict, run_dir)
+    run_rank(cfg_dict, run_dir, stages_fn)
 
 
 def free_port() -> int:
@@ -119,7 +128,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_local(cfg, nproc: int = 1, force: bool = False) -> Path:
+def run_local(cfg, nproc: int = 1, force: bool = False, stages_fn: Callable | None = None) -> Path:
     """Run a method on this machine with ``nproc`` processes (gloo on CPU); returns the run dir."""
     import torch.multiprocessing as mp
 
@@ -130,11 +139,11 @@ def run_local(cfg, nproc: int = 1, force: bool = False) -> Path:
     if nproc == 1:
         for k in ("RANK", "WORLD_SIZE"):
             os.environ.pop(k, None)
-        run_rank(cfg_dict, str(run_dir))
+        run_rank(cfg_dict, str(run_dir), stages_fn)
     else:
         mp.start_processes(
             _spawn_entry,
-            args=(nproc, free_port(), cfg_dict, str(run_dir)),
+            args=(nproc, free_port(), cfg_dict, str(run_dir), stages_fn),
             nprocs=nproc,
             join=True,
             start_method="spawn",

@@ -125,12 +125,12 @@ owner_tag() { echo "_CXRDIST_SLURM_OWNER=$STATE_DIR"; }
 tagged_pids() {
     local f p
     # One grep over all environ files (-z: NUL-separated entries); unreadable/vanished ones are skipped.
-    for f in $(grep -lzxF -- "$(owner_tag)" /proc/[0-9]*/environ 2>/dev/null); do
+    while read -r f; do
         p=${f#/proc/}
         p=${p%/environ}
         [[ $p == "$$" || $p == "$BASHPID" ]] && continue
         is_zombie "$p" || echo "$p"
-    done
+    done < <(grep -lzxF -- "$(owner_tag)" /proc/[0-9]*/environ 2>/dev/null || true)
 }
 
 describe_pids() {
@@ -206,6 +206,8 @@ install_packages() {
     # daemons use private ports/sockets, and a half-configured system slurmctld/munged only adds confusion.
     local made_policy=0
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        # Removed again below, or by the trap if we are interrupted during the install.
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
         chmod 755 /usr/sbin/policy-rc.d
         made_policy=1
@@ -217,7 +219,10 @@ install_packages() {
             DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
                 --no-install-recommends "${PACKAGES[@]}"
     } >"/tmp/cxrdist-slurm-apt.$$.log" 2>&1 || rc=$?
-    ((made_policy)) && rm -f /usr/sbin/policy-rc.d
+    if ((made_policy)); then
+        rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
     if ((rc != 0)); then
         tail -n 30 "/tmp/cxrdist-slurm-apt.$$.log" >&2
         die "apt-get failed (rc=$rc); full log: /tmp/cxrdist-slurm-apt.$$.log"
@@ -373,8 +378,9 @@ start_munged() {
     fi
     chmod 600 "$MUNGE_KEY"
     rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
-    # munged daemonizes itself and writes its pid file; --force: it otherwise refuses some state-dir
-    # layouts (e.g. a world-writable /tmp parent without the sticky bit) that are fine for a test cluster.
+    # munged daemonizes itself and writes its pid file. --force: without it munged refuses to start when any
+    # directory above the key/socket is group- or world-writable without the sticky bit (e.g. a 775 checkout
+    # dir); that check protects a site-wide key, not this throwaway one.
     munged --force --socket="$MUNGE_SOCKET" --key-file="$MUNGE_KEY" --pid-file="$RUN/munged.pid" \
         --log-file="$LOGDIR/munged.log" --seed-file="$STATE_DIR/munged.seed" </dev/null >>"$LOGDIR/munged.out" 2>&1 ||
         die "munged failed to start"
@@ -470,7 +476,7 @@ resume_drained_nodes() {
     local name state
     while read -r name state; do
         case $state in
-            drain* | draining | drained | down)
+            drain* | down)
                 log "resuming node $name (was $state: $(sinfo -h -n "$name" -o '%E'))"
                 scontrol update nodename="$name" state=resume || true
                 ;;
@@ -695,14 +701,20 @@ main() {
             *) echo "unknown argument: $1" >&2; usage; exit 2 ;;
         esac
     done
-    [[ $NODES =~ ^[0-9]+$ ]] && ((NODES >= 1 && NODES <= 64)) || { echo "--nodes must be 1..64" >&2; usage; exit 2; }
+    if ! [[ $NODES =~ ^[0-9]+$ ]] || ((NODES < 1 || NODES > 64)); then
+        echo "--nodes must be 1..64" >&2
+        usage
+        exit 2
+    fi
     [[ $DRAIN_TIMEOUT =~ ^[0-9]+$ ]] || { echo "--drain-timeout must be a number of seconds" >&2; usage; exit 2; }
     [[ -n $STATE_DIR ]] || { usage; exit 2; }
     # Absolute path: it is baked into slurm.conf and compared against daemons' environment.
     STATE_DIR=$(realpath -m -- "$STATE_DIR")
     PORT_BASE=${CXRDIST_SLURM_PORT_BASE:-16800}
-    [[ $PORT_BASE =~ ^[0-9]+$ ]] && ((PORT_BASE >= 1024 && PORT_BASE + 100 <= 65535)) ||
-        { echo "CXRDIST_SLURM_PORT_BASE must be 1024..65435" >&2; exit 2; }
+    if ! [[ $PORT_BASE =~ ^[0-9]+$ ]] || ((PORT_BASE < 1024 || PORT_BASE + 100 > 65535)); then
+        echo "CXRDIST_SLURM_PORT_BASE must be 1024..65435" >&2
+        exit 2
+    fi
     UP_TIMEOUT=${CXRDIST_SLURM_UP_TIMEOUT:-90}
     set_paths
     set_ports

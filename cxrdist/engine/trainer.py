@@ -45,6 +45,8 @@ class TrainerState:
     epochs_done: int = 0  # epochs whose end-of-epoch work (validation, schedule, best) is done
     best: float | None = None
     best_epoch: int | None = None
+    loss_sum: float = 0.0  # this epoch's micro-batch losses summed over ranks (for an exact epoch mean)
+    loss_count: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -152,13 +154,22 @@ class Trainer:
             "world_size": self.ctx.env.world_size,
         }
 
-    def _flags(self, loss: torch.Tensor) -> tuple[bool, bool]:
-        """(non-finite loss on any rank, time to checkpoint) — one tiny all-reduce per micro-step."""
+    def _sync(self, loss: torch.Tensor) -> tuple[bool, bool, float]:
+        """One tiny all-reduce per micro-step: (non-finite loss on any rank, checkpoint due, loss summed over ranks).
+
+        Summing the loss here makes the epoch's mean loss part of rank 0's checkpointed state, exact across
+        a restart.
+        """
         env, eng = self.ctx.env, self.ctx.cfg.engine
         due = env.is_main and (time.monotonic() - self._last_ckpt_time) / 60.0 >= eng.ckpt_every_minutes
-        t = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0, 1.0 if due else 0.0], device=env.device)
+        finite = bool(torch.isfinite(loss).all())
+        t = torch.tensor(
+            [0.0 if finite else 1.0, 1.0 if due else 0.0, float(loss) if finite else 0.0],
+            dtype=torch.float64,
+            device=env.device,
+        )
         dist.all_reduce_sum(t)
-        return bool(t[0] > 0), bool(t[1] > 0)
+        return bool(t[0] > 0), bool(t[1] > 0), float(t[2])
 
     def _progress(self):
         if not (self.ctx.env.is_main and self.ctx.cfg.engine.progress and sys.stderr.isatty()):
@@ -175,20 +186,24 @@ class Trainer:
     def _run_epoch(self) -> float:
         eng, env, model = self.ctx.cfg.engine, self.ctx.env, self.strategy.model
         model.train()
-        bar, losses = self._progress(), []
+        bar, recent = self._progress(), []
         t0, seen = time.perf_counter(), 0
+        if self.train_loader.sampler.state.consumed == 0:
+            self.state.loss_sum, self.state.loss_count = 0.0, 0
         for batch in self.train_loader:
             with self.strategy.autocast():
                 logits = self.stage.forward(model, batch)
             loss = self.loss_fn(logits, batch["labels"])
-            bad, due = self._flags(loss.detach())
+            bad, due, loss_sum = self._sync(loss.detach())
             if bad:
                 raise NonFiniteLossError(
                     f"{self.stage.name}: non-finite loss at epoch {self.train_loader.epoch}, step {self.state.step}; "
                     f"stopping. Last good checkpoint: {latest_checkpoint(self.ckpt_root)}"
                 )
             stepped = self.strategy.backward(loss)
-            losses.append(loss.item())
+            self.state.loss_sum += loss_sum
+            self.state.loss_count += env.world_size
+            recent.append(loss_sum / env.world_size)
             seen += len(batch["index"]) * env.world_size
             if bar is not None:
                 bar.update()
@@ -199,7 +214,7 @@ class Trainer:
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
                 self.ctx.tracker.log(
                     {
-                        "train/loss": float(np.mean(losses[-self.accum * eng.log_every_steps :])),
+                        "train/loss": float(np.mean(recent[-self.accum * eng.log_every_steps :])),
                         "train/lr": self.optimizer.param_groups[0]["lr"],
                         "train/images_per_s": rate,
                     },
@@ -210,9 +225,7 @@ class Trainer:
                 self.checkpoint()
         if bar is not None:
             bar.close()
-        mean = torch.tensor([float(np.sum(losses)), float(len(losses))], device=env.device)
-        dist.all_reduce_sum(mean)
-        return float(mean[0] / mean[1].clamp(min=1))
+        return self.state.loss_sum / max(self.state.loss_count, 1)
 
     def _validate(self) -> dict[str, float]:
         model = self.strategy.unwrap()

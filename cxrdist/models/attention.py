@@ -113,7 +113,7 @@ class PreActBottleneck(nn.Module):
 
 
 class Att1(nn.Module):
-    """guan2020 §3.2 att1: conv3×3+ReLU, conv3×3+ReLU, conv1×1 → maps, sigmoid.
+    """guan2020 §3.3 att1: conv3×3+ReLU, conv3×3+ReLU, conv1×1 → maps, sigmoid.
 
     Widths (512, padding 1, no BN) are not in the paper (METHODS-CHECK §2.2 choice).
     """
@@ -132,7 +132,7 @@ class Att1(nn.Module):
 
 
 class HourglassAttention(nn.Module):
-    """guan2020 §3.2 att2 mask branch: a one-level hourglass on F.
+    """guan2020 §3.3 att2 mask branch: a one-level hourglass on F.
 
     Max-pool (3×3, stride 2, pad 1; 7 → 4), two pre-activation residual units, bilinear upsampling back to
     the input size, BN-ReLU-conv1×1 (C → C), BN-ReLU-conv1×1 (C → maps), sigmoid. The depth, the unit

@@ -1,10 +1,12 @@
 """Backbone feature extractors: the network up to its last feature map, without pooling or classifier.
 
-ResNet-18/50 and DenseNet-121 come from torchvision (the ImageNet weights the papers' era used, and the
-module names of published ChestX-ray14 checkpoints). SE-ResNet-101 comes from timm (``seresnet101``: an SE
-block with reduction 16 on the residual branch of every bottleneck); its ImageNet initialisation is the
-torchvision ResNet-101, as ma2019 §3.4 says ("initialized using weights from the pre-trained ResNet-101
-model(using ImageNet)"), with the SE blocks left at their random init.
+ResNet-18/50 and DenseNet-121 come from torchvision (the module names of published ChestX-ray14
+checkpoints). ``pretrained`` loads ``weights=DEFAULT``: IMAGENET1K_V1 for ResNet-18 and DenseNet-121, but the
+newer IMAGENET1K_V2 recipe for ResNet-50/101, which the papers predate.
+
+SE-ResNet-101 comes from timm (``seresnet101``: an SE block with reduction 16 on the residual branch of every
+bottleneck); its ImageNet initialisation is the torchvision ResNet-101, as ma2019 §4.1 says ("initialized
+using weights from the pre-trained ResNet-101 model(using ImageNet)"), with the SE blocks left at their init.
 """
 
 from __future__ import annotations

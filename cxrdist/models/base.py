@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 
@@ -37,9 +36,3 @@ def num_parameters(module: nn.Module, trainable_only: bool = False) -> int:
         trainable_only: count only parameters with ``requires_grad``.
     """
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def check_images(x: Tensor) -> None:
-    """Raise ``ValueError`` unless ``x`` is a float (B, C, H, W) batch."""
-    if x.ndim != 4 or not torch.is_floating_point(x):
-        raise ValueError(f"expected a float image batch (B, C, H, W), got {tuple(x.shape)} {x.dtype}")

@@ -17,7 +17,7 @@ ATTENTIONS: tuple[str, ...] = ("att1", "att2")
 class CRAL(Classifier):
     """Backbone F (conv_5_relu) → attention a^c → H^c = ReLU((1 + a^c) ⊙ F) → GAP → FC_c → logit c.
 
-    guan2020 Eq. 4–8. att2 (§3.2) replaces F by F̃ = two residual units on F (the trunk), with the hourglass
+    guan2020 Eq. 4–8. att2 (§3.3) replaces F by F̃ = two residual units on F (the trunk), with the hourglass
     attention computed on F. ``category_wise=False`` is Table 2's "w/o category" (one map shared by all
     classes); ``residual=False`` is "w/o residual" (H^c = a^c ⊙ F).
 

@@ -12,9 +12,9 @@ from cxrdist.models.backbones import build_backbone, stage_outputs
 from cxrdist.models.base import Classifier
 from cxrdist.models.heads import ClassWiseLinear
 
-# kim2021 §3.2: flip-sum for "the seven symmetrical diseases", L̄ = L for Cardiomegaly (the asymmetric one).
+# kim2021 §3.1: flip-sum for "the seven symmetrical diseases", L̄ = L for Cardiomegaly (the asymmetric one).
 SYMMETRIC_BOX_CLASSES: tuple[bool, ...] = tuple(name != "Cardiomegaly" for name in BOX_CLASSES)
-# kim2021 §3.2: "dropping images x where P_c(x) < 0.8 to obtain high-quality class activation maps".
+# kim2021 §3.1: "dropping images x where P_c(x) < 0.8 to obtain high-quality class activation maps".
 MIN_CAM_PROB = 0.8
 # The threshold of T(·) is not in kim2021 (METHODS.md choice).
 MASK_THRESHOLD = 0.5
@@ -26,7 +26,7 @@ class DiseaseMaskNet(Classifier):
     kim2021 Eq. 4 writes f' = ψ·f + f with one shared f; the per-class reading (METHODS-CHECK §2.5) gives
     Ŝ_c = Σ_k w_k^c (ψ_c ⊙ f_k + f_k) = (1 + ψ_c) ⊙ S_c and logit_c = GAP(Ŝ_c) + b_c, computed as one grouped
     op (:meth:`ClassWiseLinear.forward_gated`). ``psi`` (K, h, w) is a buffer, zero until the mask stage sets
-    it: with ψ = 0 the model is exactly the plain GAP + Linear(2048, K) ResNet-50 of stages 0 and 2, and
+    it: with ψ = 0 the model computes the plain GAP + Linear(2048, K) ResNet-50 of stages 0 and 2, and
     ``fc`` has nn.Linear's shapes, so checkpoints move between the stages unchanged. The heatmap is Ŝ_c
     (Eq. 5), which for ψ = 0 is the plain CAM.
     """

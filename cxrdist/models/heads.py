@@ -61,13 +61,14 @@ class ClassWiseLinear(nn.Module):
 
         Args:
             features: (B, N, h, w), the features every class shares.
-            gate: (B, K, h, w) per-class spatial weights (broadcast with ``expand``, never copied).
+            gate: (B, K, h, w) per-class spatial weights; a size-1 batch or class dimension is broadcast
+                with ``expand`` (a view, never a copy).
 
         Returns:
             ``(logits (B, K), maps (B, K, h, w))``; ``maps.mean((2, 3)) + bias == logits``.
         """
         b, _, h, w = features.shape
-        gate = gate.expand(b, -1, h, w)
+        gate = gate.expand(b, self.weight.shape[0], h, w)
         pooled = torch.einsum("bkhw,bnhw->bkn", gate, features) / (h * w)
         maps = gate * torch.einsum("bnhw,kn->bkhw", features, self.weight)
         return self(pooled), maps

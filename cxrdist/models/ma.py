@@ -34,7 +34,7 @@ class MultiAttentionNet(Classifier):
 
 def build_ma(pretrained: bool = False, in_chans: int = 3, num_classes: int = NUM_LABELS) -> MultiAttentionNet:
     """Build the ma2019 network. ``pretrained`` loads ImageNet ResNet-101 weights into the ResNet part (SE
-    blocks stay random), as ma2019 §3.4 states.
+    blocks stay random), as ma2019 §4.1 states.
 
     47,335,230 parameters at 14 classes, 3 input channels (SE-ResNet-101 features 47,277,872 + 4096·14 + 14).
     """

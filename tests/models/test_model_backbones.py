@@ -66,6 +66,14 @@ def test_seresnet101_takes_resnet101_weights_and_keeps_se_init(seresnet101, monk
     assert se_before and all(torch.equal(state[k], v) for k, v in se_before.items())
 
 
+def test_seresnet101_one_channel_sums_the_rgb_kernels(monkeypatch):
+    source = tvm.resnet101().state_dict()
+    monkeypatch.setattr(tvm.ResNet101_Weights, "get_state_dict", lambda self, **kw: dict(source))
+    features, _ = build_backbone("seresnet101", pretrained=True, in_chans=1)
+    assert torch.equal(features.conv1.weight, source["conv1.weight"].sum(dim=1, keepdim=True))
+    assert torch.equal(features.layer4[2].conv3.weight, source["layer4.2.conv3.weight"])
+
+
 def test_seresnet101_key_mismatch_is_an_error(seresnet101, monkeypatch):
     features, _ = seresnet101
     source = tvm.resnet101().state_dict()

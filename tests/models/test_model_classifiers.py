@@ -11,7 +11,7 @@ from modelcheck import conv_params, count
 from cxrdist.models import Classifier, build_model, list_models
 
 K = 14
-# (registry name, kwargs, feature-map side at 224)
+# (registry name, builder kwargs); every one has a 7×7 feature map at 224
 CLASSIFIERS = [
     ("dcnn", {}),
     ("chexnet", {}),
@@ -33,7 +33,9 @@ def image224() -> torch.Tensor:
     return torch.randn(2, 3, 224, 224)
 
 
-@pytest.mark.parametrize(("name", "kwargs"), CLASSIFIERS, ids=lambda v: str(v) if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("name", "kwargs"), CLASSIFIERS, ids=["-".join([n, *map(str, kw.values())]) for n, kw in CLASSIFIERS]
+)
 def test_logits_and_heatmaps_at_224(model_cache, image224, name, kwargs):
     model = model_cache(name, **kwargs)
     assert isinstance(model, Classifier)
@@ -144,3 +146,29 @@ def test_one_channel_classifier():
     model = build_model("chexnet", in_chans=1).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 1, 64, 64)).shape == (1, K)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("dcnn", {}),
+        ("ma", {}),
+        ("cral", {"backbone": "densenet121", "attention": "att2"}),
+        ("amdensenet", {}),
+        ("lungheart", {}),
+        ("diseasemask", {"mask_size": 2}),
+    ],
+    ids=["dcnn", "ma", "cral-att2", "amdensenet", "lungheart", "diseasemask"],
+)
+def test_train_step_reaches_every_parameter(name, kwargs):
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs).train()
+    x, extra = torch.randn(2, 3, 64, 64), {}
+    if name == "lungheart":
+        extra["mask"] = torch.rand(2, 1, 64, 64)
+    if name == "diseasemask":
+        model.set_masks(torch.ones(8, 2, 2))
+    logits, maps = model.forward_with_maps(x, **extra)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.rand(2, K)).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing  # all parameters are used (DDP without find_unused_parameters)

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "slurm" / "local-cluster.sh"
 TRAIN_SBATCH = REPO / "slurm" / "train.sbatch"
 NUM_NODES = 2
+TWO_NODES = ["--nodes", str(NUM_NODES), "--ntasks-per-node", "1"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -69,9 +70,13 @@ def _clean_env(slurm_conf: Path) -> dict[str, str]:
 
 
 def _free_port_base() -> int:
-    """A base port whose block (base .. base+20+NUM_NODES) is free, away from train.sbatch's 20000-39999."""
+    """A base port whose block (base .. base+20+NUM_NODES) is free. 10000-19999: below Linux's ephemeral range
+    (32768+, where a client socket could grab a daemon's port), below train.sbatch's MASTER_PORTs (20000+),
+    and not local-cluster.sh's default block (16800) so a developer's cluster can stay up."""
     for _ in range(50):
-        base = random.randrange(41000, 60000, 100)
+        base = random.randrange(10000, 19900, 100)
+        if base == 16800:
+            continue
         try:
             for port in [base + 6, base + 17, base + 18, base + 19] + [base + 21 + i for i in range(NUM_NODES)]:
                 with socket.socket() as s:
@@ -180,16 +185,28 @@ def cluster() -> Iterator[Cluster]:
 
 
 def _sbatch_wait(cluster: Cluster, args: list[str], timeout: float = 120, **env: str) -> str:
-    """Submit with ``sbatch --wait`` (returns when the job ends) and return the job id."""
+    """Submit a job, wait until it has left the queue, and return its id. (``sbatch --wait`` would do, but it
+    polls with a growing back-off of up to 10 s, which made this file twice as slow.)"""
     proc = subprocess.run(
-        ["sbatch", "--parsable", "--wait", *args],
+        ["sbatch", "--parsable", *args],
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=30,
         env={**cluster.env, **env},
     )
     assert proc.returncode == 0, f"sbatch {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout.strip().split(";")[0]
+    job_id = proc.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + timeout
+    while True:
+        queued = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, env=cluster.env, timeout=30
+        )
+        if queued.returncode == 0 and not queued.stdout.strip():
+            return job_id
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", job_id], env=cluster.env, timeout=30)
+            pytest.fail(f"job {job_id} still queued after {timeout}s: {queued.stdout.strip()}")
+        time.sleep(0.3)
 
 
 def _sacct_states(cluster: Cluster, job_id: str, timeout: float = 30) -> list[str]:
@@ -218,19 +235,8 @@ def _sacct_states(cluster: Cluster, job_id: str, timeout: float = 30) -> list[st
 @pytest.mark.slurm
 def test_sbatch_runs_on_both_nodes(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "job.out"
-    job_id = _sbatch_wait(
-        cluster,
-        [
-            "-N",
-            str(NUM_NODES),
-            "--ntasks-per-node",
-            "1",
-            "-o",
-            str(out),
-            "--wrap",
-            'hostname; srun bash -c "echo task=\\$SLURM_PROCID node=\\$SLURMD_NODENAME"',
-        ],
-    )
+    wrap = 'hostname; srun bash -c "echo task=\\$SLURM_PROCID node=\\$SLURMD_NODENAME"'
+    job_id = _sbatch_wait(cluster, [*TWO_NODES, "-o", str(out), "--wrap", wrap])
     tasks = dict(re.findall(r"task=(\d+) node=(\S+)", out.read_text()))
     assert tasks == {"0": "n1", "1": "n2"}, out.read_text()
     assert _sacct_states(cluster, job_id) == ["COMPLETED"]
@@ -273,20 +279,9 @@ def test_gloo_all_reduce_across_two_nodes(cluster: Cluster, tmp_path: Path) -> N
     )
     out = tmp_path / "job.out"
     # Emulated nodes share the host, so the loopback address reaches rank 0 from every "node".
-    _sbatch_wait(
-        cluster,
-        [
-            "-N",
-            str(NUM_NODES),
-            "--ntasks-per-node",
-            "1",
-            "-o",
-            str(out),
-            "--wrap",
-            f"PORT=$((20000 + SLURM_JOB_ID % 20000)) srun {sys.executable} {script}",
-        ],
-        GLOO_SOCKET_IFNAME="lo",
-    )
+    wrap = f"PORT=$((20000 + SLURM_JOB_ID % 20000)) srun {sys.executable} {script}"
+    job_id = _sbatch_wait(cluster, [*TWO_NODES, "-o", str(out), "--wrap", wrap], GLOO_SOCKET_IFNAME="lo")
+    assert _sacct_states(cluster, job_id) == ["COMPLETED"], out.read_text()
     lines = sorted(re.findall(r"rank=\d node=n\d sum=\S+", out.read_text()))
     assert lines == ["rank=0 node=n1 sum=3", "rank=1 node=n2 sum=3"], out.read_text()
 
@@ -306,27 +301,15 @@ def test_train_sbatch_template_runs_torchrun_on_both_nodes(cluster: Cluster, tmp
         "dist.destroy_process_group()\n"
     )
     out = tmp_path / "train.out"
+    # The local cluster has no GPUs and 2 CPUs per node: override the template's 8 GPUs / 32 CPUs per node.
+    sbatch_args = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=5", "-o", str(out), "--chdir", str(tmp_path)]
+    overrides = ["method=chexnet", "trainer.max_steps=3"]
+    stub_env = {"PYTHON": sys.executable, "TRAIN_MODULE": "cxrdist_stub_train", "PYTHONPATH": str(stub_dir)}
     job_id = _sbatch_wait(
-        cluster,
-        [
-            "--gpus-per-node=0",
-            "--cpus-per-task=1",
-            "--time=5",
-            "-o",
-            str(out),
-            "--chdir",
-            str(tmp_path),
-            str(TRAIN_SBATCH),
-            "method=chexnet",
-            "trainer.max_steps=3",
-        ],
-        timeout=170,
-        PYTHON=sys.executable,
-        TRAIN_MODULE="cxrdist_stub_train",
-        PYTHONPATH=str(stub_dir),
-        GLOO_SOCKET_IFNAME="lo",
+        cluster, [*sbatch_args, str(TRAIN_SBATCH), *overrides], timeout=170, GLOO_SOCKET_IFNAME="lo", **stub_env
     )
     text = out.read_text()
+    assert _sacct_states(cluster, job_id) == ["COMPLETED"], text
     ranks = re.findall(r"rank=(\d)/2 node=(n\d) sum=3 args=(.*)", text)
     assert sorted(r for r, _, _ in ranks) == ["0", "1"], text
     assert sorted(n for _, n, _ in ranks) == ["n1", "n2"], text
@@ -338,24 +321,9 @@ def test_train_sbatch_template_runs_torchrun_on_both_nodes(cluster: Cluster, tmp
 @pytest.mark.slurm
 def test_scontrol_requeue_restarts_running_job(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "job.out"
-    proc = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "-N",
-            str(NUM_NODES),
-            "-o",
-            str(out),
-            "--open-mode=append",
-            "--wrap",
-            'echo "run restart=${SLURM_RESTART_COUNT:-0}"; sleep 300',
-        ],
-        capture_output=True,
-        text=True,
-        env=cluster.env,
-        timeout=30,
-        check=True,
-    )
+    wrap = 'echo "run restart=${SLURM_RESTART_COUNT:-0}"; sleep 300'
+    sbatch = ["sbatch", "--parsable", *TWO_NODES, "-o", str(out), "--open-mode=append", "--wrap", wrap]
+    proc = subprocess.run(sbatch, capture_output=True, text=True, env=cluster.env, timeout=30, check=True)
     job_id = proc.stdout.strip().split(";")[0]
 
     def wait_for_run(restart: int, timeout: float) -> None:

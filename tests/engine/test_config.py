@@ -1,0 +1,55 @@
+"""Config composition, the method registry and bad-config messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from cxrdist.config import compose, list_options, to_container
+from cxrdist.methods import get_method, list_methods
+
+
+def test_registry_equals_config_group():
+    assert set(list_options("method")) == set(list_methods())
+
+
+@pytest.mark.parametrize("name", list_options("method"))
+def test_every_method_composes_and_validates(name: str):
+    cfg = compose([f"method={name}", "data.root=/nowhere"])
+    assert cfg.method.name == name
+    method = get_method(name)(cfg)
+    assert method.stages(), name
+    d = to_container(cfg)
+    published = d["method"]["published"]
+    assert published["split"] in ("official", "random-image") and published["source"]
+
+
+@pytest.mark.parametrize("group", ["loader", "engine", "cluster", "logger"])
+def test_every_infra_option_composes(group: str):
+    for opt in list_options(group):
+        assert compose([f"{group}={opt}", "data.root=/x"])[group] is not None
+
+
+def test_unknown_option_lists_choices():
+    with pytest.raises(ValueError, match="unknown method option 'nope'; choose one of .*chexnet"):
+        compose(["method=nope"])
+    with pytest.raises(ValueError, match="unknown loader option 'nvjpeg'; choose one of dali, torch"):
+        compose(["loader=nvjpeg"])
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("method.stages.train.epoch=1", "epoch"),
+        ("engine.zero_stag=1", "zero_stag"),
+        ("method.stages.train.optim.lrr=1", "lrr"),
+    ],
+)
+def test_mistyped_key_is_named(override: str, key: str):
+    with pytest.raises(ValueError, match=f"Key '{key}' not in"):
+        compose(["method=chexnet", override])
+
+
+def test_method_option_validated_by_method():
+    cfg = compose(["method=dcnn", "+method.model.pooling=max", "data.root=/x"])
+    with pytest.raises(ValueError, match="method.model.*pooling"):
+        get_method("dcnn")(cfg)

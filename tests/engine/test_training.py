@@ -1,0 +1,159 @@
+"""The engine end to end on a tiny net: exact resume after a real kill, batch invariance, DDP vs DeepSpeed,
+NaN guard, stage skipping, W&B run id across restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxrdist.engine.pipeline import read_done, run_stages
+from cxrdist.engine.stages import FunctionStage, StageContext, TrainStage
+from cxrdist.engine.trainer import NonFiniteLossError
+from cxrdist.job import prepare_run, run_local
+from cxrdist.log import Tracker
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import TinyNet, tiny_cfg, tiny_stages, tiny_stages_with_eval  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def weights(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "stages" / "00_train" / name, weights_only=True)["model"]
+
+
+def same(a: dict, b: dict, atol: float = 0.0) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if atol == 0 else torch.allclose(a[k], b[k], atol=atol) for k in a
+    )
+
+
+@pytest.mark.slow
+def test_killed_two_rank_run_resumes_bit_identical(shard_root: Path, tmp_path: Path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
+    cmd = [sys.executable, str(HERE / "tiny.py"), str(shard_root)]
+    extra = ["logger=wandb"]
+    subprocess.run([*cmd, str(tmp_path / "ref"), "2", *extra], check=True, env=env, capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*cmd, str(run), "2", *extra],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = run / "stages" / "00_train" / "ckpt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpt / "step-00000004").exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "stages" / "00_train" / "DONE.json").exists(), "finished before the kill; test is void"
+    wandb_id = (run / "wandb_id.txt").read_text()
+    subprocess.run([*cmd, str(run), "2", *extra], check=True, env=env, capture_output=True)
+    assert same(weights(tmp_path / "ref"), weights(run))
+    assert same(weights(tmp_path / "ref", "best.pt"), weights(run, "best.pt"))
+    assert (run / "wandb_id.txt").read_text() == wandb_id
+    segments = list((run / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and all(s.name.endswith(wandb_id.strip()) for s in segments)
+    hist_ref = read_done(tmp_path / "ref" / "stages" / "00_train")["outputs"]["history"]
+    assert read_done(run / "stages" / "00_train")["outputs"]["history"] == hist_ref
+
+
+def _one_step_weights(shards: Path, run_dir: Path, nproc: int, *extra: str) -> dict:
+    cfg = tiny_cfg(shards, run_dir, "method.stages.train.epochs=1", "method.stages.train.max_steps_per_epoch=2", *extra)
+    run_local(cfg, nproc=nproc, stages_fn=tiny_stages)
+    return weights(run_dir)
+
+
+@pytest.mark.slow
+def test_global_batch_invariance(shard_root: Path, tmp_path: Path):
+    """World 1, world 2 and world 1 with accumulation apply the same update to the same global batch."""
+    w1 = _one_step_weights(shard_root, tmp_path / "w1", 1)
+    w2 = _one_step_weights(shard_root, tmp_path / "w2", 2)
+    acc = _one_step_weights(shard_root, tmp_path / "acc", 1, "engine.max_batch_per_rank=4")
+    assert same(w1, w2, atol=1e-6) and same(w1, acc, atol=1e-6)
+    assert read_done(tmp_path / "acc" / "stages" / "00_train")["outputs"]["accum"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_deepspeed_matches_ddp(shard_root: Path, tmp_path: Path, stage: int):
+    ref = _one_step_weights(
+        shard_root, tmp_path / "ddp", 2, "method.stages.train.optim.name=adam", "method.stages.train.optim.lr=0.001"
+    )
+    got = _one_step_weights(
+        shard_root,
+        tmp_path / f"ds{stage}",
+        2,
+        "engine=deepspeed",
+        f"engine.zero_stage={stage}",
+        "method.stages.train.optim.name=adam",
+        "method.stages.train.optim.lr=0.001",
+    )
+    assert same(ref, got, atol=1e-5)
+
+
+class _NaNAfter(TinyNet):
+    calls = 0
+
+    def forward_with_maps(self, x):
+        type(self).calls += 1
+        logits, maps = super().forward_with_maps(x)
+        return (logits * float("nan") if type(self).calls > 5 else logits), maps
+
+
+def test_nan_guard_keeps_last_checkpoint(shard_root: Path, tmp_path: Path):
+    cfg = tiny_cfg(shard_root, tmp_path / "nan")
+    prepare_run(cfg)
+    ctx = StageContext(
+        cfg=cfg, run_dir=tmp_path / "nan", env=__import__("cxrdist.dist").dist.DistEnv(), tracker=Tracker()
+    )
+    with pytest.raises(NonFiniteLossError, match="non-finite loss.*Last good checkpoint: .*step-00000004"):
+        run_stages(ctx, [TrainStage("train", cfg.method.stages.train, lambda c: _NaNAfter())])
+    ckpt = tmp_path / "nan" / "stages" / "00_train" / "ckpt"
+    assert [p.name for p in sorted(ckpt.iterdir())] == ["step-00000002", "step-00000004"]
+    state = torch.load(ckpt / "step-00000004" / "model_optim.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_finished_stages_are_skipped(shard_root: Path, tmp_path: Path):
+    cfg = tiny_cfg(shard_root, tmp_path / "skip")
+    prepare_run(cfg)
+    calls = []
+    stages = [
+        FunctionStage("a", lambda ctx: calls.append("a") or {"n": 1}),
+        FunctionStage("b", lambda ctx: calls.append("b") or {"path": str(ctx.stage_path("a"))}),
+    ]
+    ctx = StageContext(
+        cfg=cfg, run_dir=tmp_path / "skip", env=__import__("cxrdist.dist").dist.DistEnv(), tracker=Tracker()
+    )
+    run_stages(ctx, stages)
+    run_stages(ctx, stages)
+    assert calls == ["a", "b"]
+    done = json.loads((tmp_path / "skip" / "stages" / "01_b" / "DONE.json").read_text())
+    assert done["outputs"]["path"].endswith("00_a") and done["config_hash"] and done["code_version"]
+    (tmp_path / "skip" / "stages" / "01_b" / "DONE.json").unlink()
+    run_stages(ctx, stages)
+    assert calls == ["a", "b", "b"]
+
+
+def test_train_then_evaluate_writes_reports(shard_root: Path, tmp_path: Path):
+    cfg = tiny_cfg(shard_root, tmp_path / "ev", "method.stages.train.epochs=1")
+    run_local(cfg, nproc=1, stages_fn=tiny_stages_with_eval)
+    out = tmp_path / "ev" / "stages" / "01_eval"
+    m = json.loads((out / "test" / "metrics.json").read_text())
+    assert m["num_samples"] > 0 and "per_class" in m["auroc"]
+    loc = json.loads((out / "bbox" / "metrics.json").read_text())["localization"]
+    assert loc["num_boxes"] > 0 and "kim" in loc and "fang" in loc and "wang" in loc
+    hm = __import__("numpy").load(out / "bbox" / "heatmaps.npz")
+    assert len(hm["keys"]) == loc["num_pairs"] and hm["heatmaps"].shape[1:] == (224, 224)
+    assert (out / "test" / "roc.png").stat().st_size > 0 and list((out / "bbox" / "heatmaps").glob("*.png"))

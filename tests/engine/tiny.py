@@ -1,0 +1,82 @@
+"""A tiny BN-free classifier and stage lists for fast, exact engine tests (importable by spawned ranks)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxrdist.config import compose
+from cxrdist.engine.stages import EvalStage, TrainStage
+from cxrdist.models.base import Classifier
+
+SIZE_OPS = "[{op: resize, size: 40}, {op: center_crop, size: 32}]"
+TRAIN_OPS = "[{op: resize, size: 40}, {op: random_resized_crop, size: 32, scale: [0.5, 1.0]}, {op: hflip}]"
+
+
+class TinyNet(Classifier):
+    """conv-relu-conv-relu → per-position 14-way scores; logits = their spatial mean (no BN: exact parity)."""
+
+    num_classes = 14
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU())
+        self.score = nn.Conv2d(16, 14, 1)
+
+    def forward_with_maps(self, x):
+        maps = self.score(self.body(x))
+        return maps.mean((2, 3)), maps
+
+
+def tiny_cfg(shards: Path, run_dir: Path, *extra: str):
+    """A chexnet config trimmed for the tiny net: 32 px, global batch 16, SGD, 2 epochs."""
+    return compose(
+        [
+            "method=chexnet",
+            f"data.root={shards}",
+            f"run_dir={run_dir}",
+            "logger=none",
+            "loader.workers=0",
+            "method.model.pretrained=false",
+            "method.stages.train.epochs=2",
+            "method.stages.train.global_batch=16",
+            "method.stages.train.optim.name=sgd",
+            "method.stages.train.optim.lr=0.05",
+            f"method.stages.train.transforms.train={TRAIN_OPS}",
+            f"method.stages.train.transforms.eval={SIZE_OPS}",
+            "engine.ckpt_every_steps=2",
+            "engine.log_every_steps=1",
+            "eval.heatmap_examples=1",
+            *extra,
+        ]
+    )
+
+
+def tiny_stages(cfg):
+    """Train the tiny net with the chexnet recipe of ``cfg`` (no eval stage)."""
+    return [TrainStage("train", cfg.method.stages.train, lambda ctx: TinyNet())]
+
+
+def tiny_stages_with_eval(cfg):
+    """Train, then the final evaluator."""
+    recipe = cfg.method.stages.train
+    return [
+        TrainStage("train", recipe, lambda ctx: TinyNet()),
+        EvalStage(
+            "eval",
+            lambda ctx: TinyNet(),
+            weights=lambda ctx: ctx.stage_path("train", "best.pt"),
+            transforms=lambda ctx: recipe.transforms,
+            maps=lambda m, b: m.forward_with_maps(b["image"]),
+        ),
+    ]
+
+
+if __name__ == "__main__":  # used by the kill-and-resume test: python tiny.py SHARDS RUN_DIR NPROC [overrides]
+    from cxrdist.job import run_local
+
+    shards, run_dir, nproc = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    run_local(tiny_cfg(shards, run_dir, *sys.argv[4:]), nproc=nproc, stages_fn=tiny_stages)
