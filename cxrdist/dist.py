@@ -113,14 +113,16 @@ def init(env: DistEnv, timeout_s: int = 1800) -> None:
         timeout=timedelta(seconds=timeout_s),
         device_id=env.device if env.device.type == "cuda" else None,
     )
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     logger.info(
-        "rank %d/%d joined %s via %s:%d (%s)",
+        "rank %d/%d joined %s via %s:%d (%s) on node %s",
         env.rank,
         env.world_size,
         env.backend,
         env.master_addr,
         env.master_port,
         env.source,
+        node,
     )
 
 

@@ -151,6 +151,39 @@ def run_local(cfg, nproc: int = 1, force: bool = False, stages_fn: Callable | No
     return run_dir
 
 
+def own_address() -> str:
+    """This node's first address (``hostname -I``), or 127.0.0.1 when it has none."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10, check=True).stdout
+        return out.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "127.0.0.1"
+
+
+def rendezvous_address(run_dir: Path, attempt: str, is_main: bool, timeout_s: float = 600.0) -> str:
+    """The master address, passed through the shared run dir: node names need not resolve.
+
+    Global rank 0 writes its own address to ``RUN/.rendezvous/<attempt>``; the others wait for the file.
+    ``attempt`` includes the requeue count, so a requeued job never reads its previous life's address.
+    """
+    import time
+
+    path = run_dir / ".rendezvous" / attempt
+    if is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{attempt}.tmp")
+        tmp.write_text(own_address())
+        os.replace(tmp, path)
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: rank 0 did not publish its address within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return path.read_text().strip()
+
+
 class Job:
     """The submitit callable shared by every kind of job (training, evaluation, sharding)."""
 
@@ -160,7 +193,13 @@ class Job:
     def __call__(self) -> dict[str, Any]:
         import submitit
 
+        from cxrdist.dist import port_from_job_id
+
+        job_env = submitit.JobEnvironment()
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        attempt = f"{job_env.job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+        os.environ["MASTER_ADDR"] = rendezvous_address(Path(self.run_dir), attempt, job_env.global_rank == 0)
+        os.environ["MASTER_PORT"] = str(port_from_job_id(job_env.job_id))
         os.environ["CXRDIST_DIST_SOURCE"] = "submitit"
         return run_rank(self.cfg_dict, self.run_dir)
 
@@ -169,3 +208,84 @@ class Job:
         import submitit
 
         return submitit.helpers.DelayedSubmission(type(self)(self.cfg_dict, self.run_dir))
+
+
+def _evaluate_rank(run_dir: str, splits: list[str], stage: str | None) -> None:
+    """One rank of launch/evaluate.py: the method's final EvalStage with another checkpoint and splits."""
+    from cxrdist import dist
+    from cxrdist.config import load_config
+    from cxrdist.engine.pipeline import stage_dirs
+    from cxrdist.engine.stages import EvalStage, StageContext
+    from cxrdist.eval.evaluate import evaluate_model
+    from cxrdist.log import build_tracker, setup_logging
+
+    env = dist.from_environment()
+    setup_logging(run_dir, env.rank)
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    cfg.eval.splits = splits
+    dist.init(env)
+    stages = method_stages(cfg)
+    final = next((s for s in reversed(stages) if isinstance(s, EvalStage)), None)
+    if final is None:
+        raise ValueError(f"method {cfg.method.name} has no evaluation stage")
+    if stage is not None:
+        weights = stage_dirs(Path(run_dir), stages)[stage] / "best.pt"
+        final = EvalStage(
+            final.name,
+            final.build_model,
+            lambda ctx: weights,
+            final.transforms,
+            final.maps,
+            final.loader_extras,
+            final.published,
+        )
+    tracker = build_tracker(
+        cfg.logger.backend,
+        Path(run_dir),
+        is_main=env.is_main,
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.method.name,
+        config=None,
+    )
+    try:
+        ctx = StageContext(
+            cfg=cfg, run_dir=Path(run_dir), env=env, tracker=tracker, stage_dirs=stage_dirs(Path(run_dir), stages)
+        )
+        evaluate_model(ctx, final, out_root=Path(run_dir) / "eval")
+    finally:
+        tracker.finish()
+        dist.shutdown()
+
+
+def _spawn_eval(rank: int, world: int, port: int, run_dir: str, splits: list[str], stage: str | None) -> None:
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    _evaluate_rank(run_dir, splits, stage)
+
+
+def evaluate_run(run_dir: Path, splits: list[str], stage: str | None = None, nproc: int = 1) -> Path:
+    """Evaluate a run's best model (of ``stage``, default: the final eval stage's) into ``RUN/eval/<split>``."""
+    import torch.multiprocessing as mp
+
+    if not (Path(run_dir) / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir}: no config.yaml; is this a cxrdist run dir?")
+    if nproc == 1:
+        _evaluate_rank(str(run_dir), splits, stage)
+    else:
+        mp.start_processes(
+            _spawn_eval,
+            args=(nproc, free_port(), str(run_dir), splits, stage),
+            nprocs=nproc,
+            join=True,
+            start_method="spawn",
+        )
+    return Path(run_dir) / "eval"

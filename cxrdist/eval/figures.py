@@ -116,6 +116,40 @@ def plot_heatmap_overlay(
     return _save(fig, out_png)
 
 
+Panel = tuple[str, np.ndarray, np.ndarray | None]
+
+
+def plot_image_grid(rows: Sequence[Sequence[Panel]], out_png: str | Path, title: str = "") -> Path:
+    """Save a grid of grey images, each with an optional translucent overlay (masks, maps, before/after views).
+
+    Args:
+        rows: rows of panels ``(title, image (H, W) float or uint8, overlay (h, w) in [0, 1] or None)``; an
+            image is shown min-max scaled, an overlay is resized to the image and drawn with alpha 0.4.
+        out_png: output path.
+        title: figure title.
+
+    Returns:
+        The path written.
+    """
+    nrows, ncols = len(rows), max(len(r) for r in rows)
+    fig = _new_figure((2.2 * ncols, 2.2 * nrows + (0.4 if title else 0.0)))
+    for r, row in enumerate(rows):
+        for c, (name, image, overlay) in enumerate(row):
+            ax = fig.add_subplot(nrows, ncols, r * ncols + c + 1)
+            image = np.asarray(image, dtype=np.float64)
+            height, width = image.shape
+            extent = (0, width, height, 0)
+            ax.imshow(image, cmap="gray", extent=extent, interpolation="nearest")
+            if overlay is not None:
+                ax.imshow(np.asarray(overlay, dtype=np.float64), cmap="autumn", alpha=0.4, vmin=0, vmax=1,
+                          extent=extent, interpolation="bilinear")  # fmt: skip
+            ax.set(xticks=[], yticks=[])
+            ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out_png)
+
+
 def _class_order(rows: Mapping[str, Mapping[str, float | None]]) -> list[str]:
     """Union of the class names of all series, LABELS order first, then first-seen order."""
     seen: list[str] = []

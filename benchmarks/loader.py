@@ -1,0 +1,189 @@
+"""Benchmark [F2]: training-batch throughput at 224² of the DALI and torch loaders vs a CheXNet-style baseline.
+
+(a) ``DaliLoader`` (CPU decode here: device_id None) and (b) ``TorchLoader`` read shards written once from a
+phantom at ``--shard-size`` (256² JPEGs) with resize 256 → random_resized_crop 224 → hflip, ImageNet
+normalisation, 3 channels. (c) The baseline is the usual CheXNet reproduction: a torch DataLoader whose workers
+read the phantom's 1024² PNGs with PIL (``convert("RGB")``), then torchvision's classic Resize(256) →
+RandomCrop(224) → RandomHorizontalFlip → ToTensor → Normalize. All three read the same train-split images with
+the same batch and the same number of workers / DALI threads.
+
+Each loader runs in its own subprocess (clean peak RSS: ``ru_maxrss`` of the process itself and of its largest
+reaped child, i.e. a DataLoader worker; forked workers share the parent's pages, so the numbers overlap).
+One warm-up batch is excluded from the timing, then ``--epochs`` epochs are timed (the loaders' per-epoch
+start-up — workers forked / DALI pipeline built — included). Loaders are interleaved ``--repeat`` times; medians.
+
+Goal: (a) ≥ 10× (c) on this machine.
+Run: ``.venv/bin/python benchmarks/loader.py [--num-images 400] [--size 1024] [--shard-size 256] [--workers 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Run as a plain script from a checkout where cxrdist is not installed into the venv.
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+GOAL = 10.0
+KINDS = {"c": "baseline: PNG + PIL + DataLoader", "a": "DALI loader (CPU), shards", "b": "torch loader, shards"}
+TRAIN_OPS = [{"op": "resize", "size": 256}, {"op": "random_resized_crop", "size": 224}, {"op": "hflip"}]
+
+
+def get_phantom(work: Path, num_images: int, size: int, workers: int) -> Path:
+    """A phantom NIH root of ``num_images`` at ``size``² under ``work``, reused when an identical one exists."""
+    from cxrdist.data.phantom import make_phantom
+
+    root = work / f"phantom-{num_images}-{size}"
+    summary = root / "phantom.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        if s.get("images") == num_images and s.get("size") == size and s.get("seed") == 0:
+            return root
+    t0 = time.perf_counter()
+    make_phantom(root, num_images=num_images, size=size, seed=0, seg_images=0, workers=workers)
+    print(f"phantom: {num_images} images at {size}² drawn in {time.perf_counter() - t0:.0f} s -> {root}")
+    return root
+
+
+def get_shards(work: Path, phantom: Path, shard_size: int) -> Path:
+    """Shards of ``phantom`` stored at ``shard_size``² (the writer reuses complete shards of the same config)."""
+    from cxrdist.data.writer import WriterConfig, write_dataset
+
+    out = work / f"shards-{phantom.name}-{shard_size}"
+    cfg = WriterConfig(nih_root=str(phantom), out=str(out), size=shard_size, samples_per_shard=1000, workers=2)
+    t0 = time.perf_counter()
+    write_dataset(cfg, progress=False)
+    print(f"shards: {out} ({shard_size}², ready in {time.perf_counter() - t0:.1f} s)")
+    return out
+
+
+def _baseline_loader(args: argparse.Namespace, keys: list[str]):
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms as T
+
+    from cxrdist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    tf = T.Compose(
+        [
+            T.Resize(256),
+            T.RandomCrop(224),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+    class PngFolder(Dataset):
+        def __len__(self) -> int:
+            return len(keys)
+
+        def __getitem__(self, i: int):
+            with Image.open(args.phantom / "images" / f"{keys[i]}.png") as im:
+                img = im.convert("RGB")
+            return tf(img), torch.zeros(14)
+
+    return DataLoader(PngFolder(), batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True)
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one loader: a warm-up batch, then ``--epochs`` timed epochs; print one JSON line."""
+    import torch
+
+    from cxrdist.data.loader import LoaderSpec, build_loader
+    from cxrdist.data.reader import ShardReader
+
+    torch.manual_seed(0)
+    if args.child == "c":
+        loader = _baseline_loader(args, ShardReader(args.shards, "train").keys)
+    else:
+        spec = LoaderSpec(root=str(args.shards), split="train", train=True, batch_per_rank=args.batch, ops=TRAIN_OPS,
+                          normalize="imagenet", channels=3, workers=args.workers)  # fmt: skip
+        backend = "dali" if args.child == "a" else "torch"
+        loader = build_loader(backend, spec, device=torch.device("cpu"), dali_threads=args.workers)
+    it = iter(loader)
+    first = next(it)
+    shape = tuple((first["image"] if isinstance(first, dict) else first[0]).shape)
+    t0, images = time.perf_counter(), 0
+    for epoch in range(args.epochs):
+        for batch in it if epoch == 0 else loader:
+            images += len(batch["image"] if isinstance(batch, dict) else batch[0])
+    dt = time.perf_counter() - t0
+    kib = 1.0 / 1024.0
+    print(json.dumps({
+        "images": images, "seconds": dt, "shape": shape,
+        "rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
+        "rss_children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib,
+    }))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Prepare phantom and shards, run each loader in its own subprocess, interleaved; print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-images", type=int, default=400, help="phantom images")
+    parser.add_argument("--size", type=int, default=1024, help="phantom PNG size (the baseline decodes these)")
+    parser.add_argument("--shard-size", type=int, default=256, help="stored JPEG size of the shards")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loader run")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per loader (medians reported)")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/cxrdist-bench"), help="phantom + shard cache")
+    parser.add_argument("--child", choices=sorted(KINDS), help=argparse.SUPPRESS)
+    parser.add_argument("--phantom", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--shards", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return
+
+    phantom = get_phantom(args.work_dir, args.num_images, args.size, workers=2)
+    shards = get_shards(args.work_dir, phantom, args.shard_size)
+    from cxrdist.data.reader import ShardReader
+
+    n_train = len(ShardReader(shards, "train"))
+    print(f"cpus available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"train split: {n_train} images; batch {args.batch}, {args.workers} workers/threads, {args.epochs} timed "
+        f"epochs after 1 warm-up batch; baseline reads {args.size}² PNGs, shards hold {args.shard_size}² JPEGs"
+    )
+    common = ["--batch", str(args.batch), "--workers", str(args.workers), "--epochs", str(args.epochs)]
+    common += ["--phantom", str(phantom), "--shards", str(shards)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    runs: dict[str, list[dict]] = {k: [] for k in KINDS}
+    for rep in range(args.repeat):
+        for kind in KINDS:
+            cmd = [sys.executable, __file__, "--child", kind, *common]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode:
+                print(f"  {KINDS[kind]}: failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["rate"] = r["images"] / r["seconds"]
+            runs[kind].append(r)
+        print(f"  repeat {rep + 1}: " + ", ".join(f"({k}) {v[-1]['rate']:.1f} img/s" for k, v in runs.items() if v))
+
+    med = {k: statistics.median(r["rate"] for r in v) if v else float("nan") for k, v in runs.items()}
+    print(f"\n{'loader':36s} {'img/s (median)':>14s} {'min':>8s} {'max':>8s} {'vs (c)':>7s} "
+          f"{'peak RSS self':>14s} {'largest child':>14s}")  # fmt: skip
+    for k, v in runs.items():
+        if not v:
+            continue
+        rates = [r["rate"] for r in v]
+        rss_s, rss_c = max(r["rss_self_mib"] for r in v), max(r["rss_children_mib"] for r in v)
+        print(f"({k}) {KINDS[k]:32s} {med[k]:14.1f} {min(rates):8.1f} {max(rates):8.1f} {med[k] / med['c']:7.2f} "
+              f"{rss_s:10.0f} MiB {rss_c:10.0f} MiB")  # fmt: skip
+    ratio = med["a"] / med["c"]
+    print(f"\ngoal: (a) DALI >= {GOAL:.0f}x (c) baseline -> {ratio:.2f}x {'MET' if ratio >= GOAL else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""``launch/submit.py``: resolve and check the config, prepare the run dir, submit the Job with submitit.
+
+Clusters: ``slurm`` (sbatch through submitit; one task per GPU, or ``--tasks-per-node`` on CPU nodes),
+``local`` (submitit's local executor: processes on this machine) and ``debug`` (in this process). The run
+dir is a name (``runs/<name>``), created and filled with ``config.yaml`` before anything is submitted, so a
+resubmission — or a requeue — finds it and resumes; a different config is refused with a diff.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+CLUSTERS = ("slurm", "local", "debug")
+
+
+class LaunchError(ValueError):
+    """A launch that must not go ahead (nothing was submitted)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    """Launcher flags; every other argument is a Hydra override."""
+    p = argparse.ArgumentParser(description="Submit a cxrdist run (Hydra overrides after the flags).")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU")
+    p.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node when there are no GPUs")
+    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--mem-gb", type=int, default=None)
+    p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--timeout-min", type=int, default=None, help="default: cluster.timeout_min")
+    p.add_argument("--max-requeues", type=int, default=None, help="default: cluster.max_requeues")
+    p.add_argument("--cluster", default="slurm", help=f"one of {', '.join(CLUSTERS)}")
+    p.add_argument("--name", help="run name (default: the method's name); run dir = runs/<name>")
+    p.add_argument("--run-dir", type=Path, help="explicit run dir (overrides --name)")
+    p.add_argument("--force", action="store_true", help="discard a run dir started with another config")
+    p.add_argument("--dry-run", action="store_true", help="print the job script and config; submit nothing")
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish (its errors are raised here)")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> int:
+    """Validate launcher flags; return tasks per node."""
+    if args.cluster not in CLUSTERS:
+        raise LaunchError(f"unknown cluster {args.cluster!r}; choose one of {', '.join(CLUSTERS)}")
+    if args.nodes < 1:
+        raise LaunchError(f"--nodes must be ≥ 1, got {args.nodes}")
+    if args.gpus_per_node < 0 or (args.tasks_per_node is not None and args.tasks_per_node < 1):
+        raise LaunchError("--gpus-per-node must be ≥ 0 and --tasks-per-node ≥ 1")
+    if args.gpus_per_node and args.tasks_per_node and args.tasks_per_node != args.gpus_per_node:
+        raise LaunchError("with GPUs there is one task per GPU: drop --tasks-per-node or make it equal")
+    if args.cluster in ("local", "debug"):
+        if args.nodes != 1:
+            raise LaunchError(f"--cluster {args.cluster} runs on this machine: --nodes must be 1")
+        if args.gpus_per_node:
+            import torch
+
+            have = torch.cuda.device_count()
+            if args.gpus_per_node > have:
+                raise LaunchError(f"--gpus-per-node {args.gpus_per_node} asked of this machine, which has {have}")
+    if args.cluster == "debug" and (args.tasks_per_node or 1) > 1:
+        raise LaunchError("--cluster debug runs one task in this process: use --cluster local for several")
+    return args.gpus_per_node or args.tasks_per_node or 1
+
+
+def check_slurm() -> None:
+    """Fail clearly if no Slurm controller answers."""
+    if shutil.which("sbatch") is None:
+        raise LaunchError("--cluster slurm: sbatch not found on PATH (use --cluster local on this machine)")
+    try:
+        subprocess.run(["sinfo", "-h", "-o", "%P"], check=True, capture_output=True, text=True, timeout=30)
+    except (subprocess.SubprocessError, OSError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        raise LaunchError(
+            f"Slurm is unreachable (sinfo failed: {detail.strip()[:300]}); check SLURM_CONF or "
+            "start a local cluster with slurm/local-cluster.sh up"
+        ) from None
+
+
+def build_executor(args: argparse.Namespace, folder: Path, tasks: int, cfg) -> Any:
+    """A submitit executor for the cluster, with the job's resources."""
+    import submitit
+
+    timeout = args.timeout_min or cfg.cluster.timeout_min
+    if args.cluster == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    if args.cluster == "local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(
+            timeout_min=timeout,
+            tasks_per_node=tasks,
+            gpus_per_node=args.gpus_per_node or 0,
+            signal_delay_s=cfg.cluster.signal_delay_s,
+        )
+        return ex
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.max_requeues or cfg.cluster.max_requeues)
+    params: dict[str, Any] = {
+        "nodes": args.nodes,
+        "ntasks_per_node": tasks,
+        "time": timeout,
+        "job_name": f"cxrdist-{cfg.method.name}",
+        "signal_delay_s": cfg.cluster.signal_delay_s,
+        "partition": args.partition or cfg.cluster.partition,
+        "account": args.account or cfg.cluster.account,
+        "qos": args.qos or cfg.cluster.qos,
+        "constraint": args.constraint or cfg.cluster.constraint,
+        "cpus_per_task": args.cpus_per_task,
+        "mem": f"{args.mem_gb}GB" if args.mem_gb else None,
+        "gpus_per_node": args.gpus_per_node or None,
+        "additional_parameters": {"requeue": True},
+    }
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return ex
+
+
+def job_script(executor: Any) -> str:
+    """The text submitit would submit (sbatch script on Slurm)."""
+    import submitit
+
+    if isinstance(executor, submitit.SlurmExecutor):
+        # submitit has no public dry run; this is the exact text its submit() writes to the .sh file.
+        return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+    return f"# {type(executor).__name__}: {getattr(executor, 'parameters', {})}\n"
+
+
+def resolve(argv: list[str]) -> tuple[argparse.Namespace, Any, int]:
+    """Parse flags and overrides; compose and validate the config; fix the run dir."""
+    from cxrdist.config import compose
+    from cxrdist.methods import get_method
+
+    args, overrides = parser().parse_known_args(argv)
+    unknown = [o for o in overrides if o.startswith("-")]
+    if unknown:
+        raise LaunchError(f"unknown launcher flag(s) {unknown}; see --help (Hydra overrides have no dashes)")
+    tasks = check_args(args)
+    cluster_cfg = "slurm" if args.cluster == "slurm" else "local"
+    cfg = compose([f"cluster={cluster_cfg}", *overrides])
+    run_dir = args.run_dir or Path("runs") / (args.name or cfg.method.name)
+    cfg.run_dir = str(run_dir.resolve())
+    get_method(cfg.method.name)(cfg)
+    return args, cfg, tasks
+
+
+def submit(argv: list[str]) -> dict[str, Any]:
+    """What ``launch/submit.py`` does; returns what it printed as a dict (for tests)."""
+    from cxrdist.config import to_container
+    from cxrdist.job import Job, prepare_run
+    from cxrdist.log import wandb_environment
+
+    args, cfg, tasks = resolve(argv)
+    if args.cluster == "slurm" and not args.dry_run:
+        check_slurm()
+    if args.dry_run:
+        ex = build_executor(args, Path(cfg.run_dir) / "submitit", tasks, cfg)
+        from omegaconf import OmegaConf
+
+        return {"script": job_script(ex), "config": OmegaConf.to_yaml(cfg), "run_dir": cfg.run_dir, "tasks": tasks}
+    run_dir = prepare_run(cfg, force=args.force)
+    ex = build_executor(args, run_dir / "submitit", tasks, cfg)
+    job = ex.submit(Job(to_container(cfg), str(run_dir)))
+    where = "none" if cfg.logger.backend == "none" else wandb_environment(run_dir)["WANDB_DIR"]
+    return {
+        "job_id": job.job_id,
+        "job": job,
+        "run_dir": str(run_dir),
+        "wandb": where,
+        "tasks": tasks,
+        "wait": args.wait or args.cluster == "debug",
+        "follow": [f"tail -f {run_dir}/logs/rank0.log", f"squeue -j {job.job_id}", f"sacct -j {job.job_id}"]
+        if args.cluster == "slurm"
+        else [f"tail -f {run_dir}/logs/rank0.log"],
+    }
+
+
+def write_shard_range(cfg_dict: dict[str, Any], start: int, stop: int) -> dict[str, int]:
+    """One array task of ``launch/shard.py``: write shards ``start..stop`` of the task list (resumable)."""
+    from cxrdist.data.writer import WriterConfig, write_shards
+
+    done = write_shards(WriterConfig(**cfg_dict), start, stop, progress=False)
+    return {"start": start, "stop": stop, "written": sum(not r["reused"] for r in done), "shards": len(done)}
+
+
+def finalize_shards(cfg_dict: dict[str, Any]) -> dict[str, int]:
+    """The job after the array: check every shard, write the manifests."""
+    from cxrdist.data.writer import WriterConfig, finalize
+
+    return {split: info["num_samples"] for split, info in finalize(WriterConfig(**cfg_dict)).items()}
+
+
+def submit_sharding(argv: list[str]) -> dict[str, Any]:
+    """``launch/shard.py``: the shard writer as a Slurm array (one task per shard range), then the manifests."""
+    import dataclasses
+
+    import submitit
+
+    from cxrdist.data.shard_cli import config_from_args, writer_parser
+    from cxrdist.data.writer import plan_tasks, prepare_output
+
+    p = writer_parser()
+    p.add_argument("--array", type=int, required=True, help="array tasks (shard ranges)")
+    p.add_argument("--cluster", default="slurm", choices=("slurm", "local"))
+    p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument("--timeout-min", type=int, default=240)
+    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--wait", action="store_true")
+    args = p.parse_args(argv)
+    if args.array < 1:
+        raise LaunchError(f"--array must be ≥ 1, got {args.array}")
+    cfg = config_from_args(args)
+    if args.cluster == "slurm":
+        check_slurm()
+    prepare_output(cfg)  # refuses an output dir of another config before anything is submitted
+    num = len(plan_tasks(cfg))
+    bounds = [round(i * num / args.array) for i in range(args.array + 1)]
+    ranges = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    folder = Path(cfg.out) / "_submitit"
+    cfg_dict = dataclasses.asdict(cfg)
+    if args.cluster == "slurm":
+        ex = submitit.SlurmExecutor(folder=folder)
+        params = {
+            "time": args.timeout_min,
+            "job_name": "cxrdist-shards",
+            "partition": args.partition,
+            "account": args.account,
+            "cpus_per_task": args.cpus_per_task or cfg.workers,
+            "ntasks_per_node": 1,
+        }
+        ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    else:
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=args.timeout_min)
+    jobs = ex.map_array(write_shard_range, [cfg_dict] * len(ranges), [a for a, _ in ranges], [b for _, b in ranges])
+    if args.cluster == "slurm":
+        ex.update_parameters(dependency="afterok:" + ":".join(j.job_id for j in jobs), job_name="cxrdist-manifest")
+    else:
+        for j in jobs:
+            j.results()
+    final = ex.submit(finalize_shards, cfg_dict)
+    if args.wait:
+        for j in jobs:
+            j.results()
+        final.results()
+    return {
+        "array": [j.job_id for j in jobs],
+        "ranges": ranges,
+        "finalize": final.job_id,
+        "out": cfg.out,
+        "final_job": final,
+    }

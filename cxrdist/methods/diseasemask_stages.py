@@ -1,0 +1,231 @@
+"""The two diseasemask stages besides classifier training: ``align`` (kim2021 §3.2) and ``masks`` (§3.1, Eq. 3).
+
+``align``: the anchor A is the mean of up to ``anchor_images`` "No Finding" training images (seeded draw;
+each rank sums its share, one all-reduce). The ResNet-18 alignment net is trained with the ``align`` recipe
+under DDP on the train split to minimise L_e + L_p (Eq. 7–9) between A and φ(I) = B(G(warp(I))); the
+perceptual features are conv2_x..conv5_x of the ``perceptual`` stage's ResNet-50 (frozen). It resumes from its
+own checkpoints (``ckpt/``). Then every image of every split gets its five affine parameters in the
+``<split>/affine`` vector sidecar (resumable row by row), plus anchor and before/after PNGs.
+
+``masks``: CAMs of the ``classify`` model on aligned training images with P_c ≥ ``min_cam_prob``, flip-summed
+for the 7 symmetric box classes, min-max normalised, averaged, thresholded (Eq. 3). Each rank accumulates sums
+and counts over its share; one all-reduce makes the result equal to a single-process pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cxrdist import dist
+from cxrdist.data.transforms import normalize_batch
+from cxrdist.engine.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
+from cxrdist.engine.optim import build_optimizer, derive_batch
+from cxrdist.engine.sidecar_writer import fill_sidecar, inference_autocast, sidecar_splits
+from cxrdist.engine.stages import StageContext
+from cxrdist.engine.strategy import build_strategy
+from cxrdist.eval.figures import plot_image_grid
+from cxrdist.labels import BOX_CLASSES
+from cxrdist.models import build_model
+from cxrdist.models.alignment import smooth, warp
+from cxrdist.models.diseasemask import SYMMETRIC_BOX_CLASSES, accumulate_disease_masks, finalize_disease_masks
+
+if TYPE_CHECKING:
+    from cxrdist.methods.diseasemask import DiseaseMask
+
+logger = logging.getLogger(__name__)
+
+
+def black(transforms: Any) -> Tensor:
+    """The normalised value of a black pixel, (1, C, 1, 1): what a warp brings in from outside the image."""
+    return normalize_batch(torch.zeros(1, 1, 1, 1), transforms.normalize, transforms.channels)
+
+
+def align_images(images: Tensor, params: Tensor, fill: Tensor) -> Tensor:
+    """The sharp aligned images (kim2021 Eq. 6 without B∘G), padded with ``fill`` (black) outside the original."""
+    fill = fill.to(images.device, images.dtype)
+    return warp(images - fill, params.to(images.dtype)) + fill
+
+
+def alignment_loss(images: Tensor, params: Tensor, anchor: Tensor, anchor_feats: list[Tensor], features,
+                   fill: Tensor, kernel: int, euclidean: str, weight: float) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """kim2021 Eq. 9 per image, averaged over the batch: (L_e + weight · L_p, L_e, L_p).
+
+    φ(I) = B(G(warp(I))). L_e (Eq. 8): the per-pixel L2 norm (over channels) of A − φ(I), summed over the P×P
+    pixels (``euclidean="sum"``, as printed) or averaged (``"mean"``). L_p (Eq. 7): Σ_s ‖F_s(A) − F_s(φ(I))‖_2
+    / (C_s H_s W_s) over the perceptual network's stages, norms non-squared as printed.
+    """
+    phi = smooth(align_images(images, params, fill), kernel)
+    pixel = (phi.float() - anchor).square().sum(dim=1).add(1e-12).sqrt().flatten(1)  # eps: finite grad at 0
+    le = pixel.sum(dim=1) if euclidean == "sum" else pixel.mean(dim=1)
+    lp = sum((f.float() - a.float()).flatten(1).norm(dim=1) / a[0].numel() for f, a in zip(features(phi), anchor_feats))
+    return (le + weight * lp).mean(), le.mean(), lp.mean()
+
+
+def compute_anchor(ctx: StageContext, method: DiseaseMask) -> np.ndarray:
+    """The anchor (C, H, W): mean of up to ``anchor_images`` "No Finding" train images, normalised like the input."""
+    recipe, count = method.recipe("align"), method.options.anchor_images
+    spec = ctx.loader_spec(
+        split="train", train=False, transforms=recipe.transforms, batch=ctx.cfg.loader.eval_batch_per_rank
+    )
+    loader = ctx.make_loader(spec)
+    normal = np.flatnonzero(loader.reader.labels.sum(axis=1) == 0)
+    if len(normal) == 0:
+        raise ValueError("align: no 'No Finding' image in the train split to build the anchor from")
+    chosen = np.sort(np.random.default_rng([ctx.cfg.seed, 2000]).choice(normal, min(count, len(normal)), replace=False))
+    mine, b = np.array_split(chosen, ctx.env.world_size)[ctx.env.rank], spec.batch_per_rank
+    side = loader.geometry(0, 0, 0).out
+    total = torch.zeros(recipe.transforms.channels, side, side, dtype=torch.float64, device=ctx.env.device)
+    for batch in loader.iterate_indices([mine[i : i + b] for i in range(0, len(mine), b)]):
+        total += batch["image"].double().sum(dim=0)
+    dist.all_reduce_sum(total)
+    return (total / len(chosen)).float().cpu().numpy()
+
+
+def _perceptual_net(ctx: StageContext, method: DiseaseMask) -> torch.nn.Module:
+    net = method.build_model("perceptual")
+    load_model_weights(ctx.stage_path("perceptual", "best.pt"), net)
+    return net.eval().requires_grad_(False).to(ctx.env.device)
+
+
+def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) -> tuple[torch.nn.Module, list]:
+    """Train the alignment net (resuming from ``ckpt/``); return it (unwrapped, eval mode) and the epoch history."""
+    cfg, env, opts, recipe = ctx.cfg, ctx.env, method.options, method.recipe("align")
+    micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
+    torch.manual_seed(cfg.seed)
+    net = build_model("alignment", pretrained=method.model_cfg.pretrained, in_chans=recipe.transforms.channels)
+    optimizer = build_optimizer(net.parameters(), recipe.optim)
+    strategy = build_strategy("ddp", env, accum=accum, micro_batch=micro, precision=cfg.engine.precision,
+                              grad_clip=cfg.engine.grad_clip)  # fmt: skip
+    strategy.wrap(net, optimizer)
+    loader = ctx.make_loader(ctx.loader_spec(split="train", train=True, transforms=recipe.transforms, batch=micro,
+                                             accum=accum, max_steps=recipe.max_steps_per_epoch))  # fmt: skip
+    ckpt_root, step, history = ctx.stage_dir / "ckpt", 0, []
+    if (path := latest_checkpoint(ckpt_root)) is not None:
+        state = load_checkpoint(path, strategy)
+        loader.load_state_dict(state["loader"])
+        step, history = state["step"], state["history"]
+    perceptual, fill = _perceptual_net(ctx, method), black(recipe.transforms)
+    target = torch.from_numpy(anchor)[None].to(env.device)
+    with torch.no_grad():
+        anchor_feats = perceptual.stage_features(target)
+    while loader.epoch < recipe.epochs and len(loader):
+        sums = torch.zeros(4, dtype=torch.float64, device=env.device)
+        for batch in loader:
+            with strategy.autocast():
+                params = strategy.model(batch["image"])
+                loss, le, lp = alignment_loss(batch["image"], params.float(), target, anchor_feats,
+                                              perceptual.stage_features, fill, opts.smooth_kernel, opts.euclidean,
+                                              opts.perceptual_weight)  # fmt: skip
+            sums += torch.stack([loss.detach(), le.detach(), lp.detach(), torch.ones_like(loss)]).double()
+            if strategy.backward(loss):
+                step += 1
+                if step % cfg.engine.ckpt_every_steps == 0:
+                    save_checkpoint(ckpt_root, step, strategy, {"loader": loader.state_dict(), "history": history},
+                                    cfg.engine.keep_last)  # fmt: skip
+        dist.all_reduce_sum(sums)
+        means = (sums[:3] / sums[3].clamp_min(1)).tolist()  # over the micro-batches since this (re)start
+        history.append({"epoch": loader.epoch - 1, "loss": means[0], "euclidean": means[1], "perceptual": means[2]})
+        ctx.tracker.log({k: v for k, v in history[-1].items() if k != "epoch"}, step=step, prefix="align")
+        logger.info("align epoch %d: loss %.5g (L_e %.5g, L_p %.5g)", loader.epoch - 1, *means)
+        save_checkpoint(ckpt_root, step, strategy, {"loader": loader.state_dict(), "history": history},
+                        cfg.engine.keep_last)  # fmt: skip
+    return strategy.unwrap().eval(), history
+
+
+def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
+    """The ``align`` stage: anchor, alignment net, per-split affine sidecars, PNGs."""
+    recipe, opts = method.recipe("align"), method.options
+    anchor = compute_anchor(ctx, method)
+    if ctx.env.is_main:
+        np.save(ctx.stage_dir / "anchor.npy", anchor)
+    net, history = train_alignment(ctx, method, anchor)
+    if ctx.env.is_main:
+        torch.save({"model": net.state_dict(), "meta": {"history": history}}, ctx.stage_dir / "alignment.pt")
+
+    def compute(batch: dict[str, Any]) -> np.ndarray:
+        with inference_autocast(ctx):
+            return net(batch["image"]).float().cpu().numpy()
+
+    notes = {"params": "(s_x, s_y, t_x, t_y, theta) of kim2021 Eq. 6; see cxrdist/models/alignment.py"}
+    out = {}
+    for split in sidecar_splits(ctx):
+        spec = ctx.loader_spec(
+            split=split, train=False, transforms=recipe.transforms, batch=ctx.cfg.loader.eval_batch_per_rank
+        )
+        out[split] = fill_sidecar(ctx, ctx.stage_dir / split / "affine", ctx.make_loader(spec), compute,
+                                  shape=(5,), dtype="float32", kind="vector", notes=notes)  # fmt: skip
+    if ctx.env.is_main:
+        _align_examples(ctx, method, net, anchor)
+    dist.barrier()
+    return {"anchor": "anchor.npy", "anchor_images": min(opts.anchor_images, _num_normal(ctx)), "weights":
+            "alignment.pt", "sidecar": "{split}/affine", "history": history, "splits": out}  # fmt: skip
+
+
+def _num_normal(ctx: StageContext) -> int:
+    from cxrdist.data.reader import ShardReader
+
+    return int((ShardReader(ctx.cfg.data.root, "train").labels.sum(axis=1) == 0).sum())
+
+
+def _align_examples(ctx: StageContext, method: DiseaseMask, net, anchor: np.ndarray) -> None:
+    """anchor.png and alignment.png (val images: before, aligned, B∘G(aligned)); logged to the tracker (rank 0)."""
+    recipe, opts = method.recipe("align"), method.options
+    loader = ctx.make_loader(
+        ctx.loader_spec(split="val", train=False, transforms=recipe.transforms, batch=opts.examples)
+    )
+    batch = next(loader.iterate_indices([np.arange(min(opts.examples, loader.num_samples))]))
+    with torch.no_grad():
+        params = net(batch["image"]).float()
+    aligned = align_images(batch["image"], params, black(recipe.transforms))
+    smoothed = smooth(aligned, opts.smooth_kernel)
+    rows = []
+    for i, p in enumerate(params.cpu().tolist()):
+        key = loader.reader.keys[int(batch["index"][i])]
+        rows.append([(f"{key} before", batch["image"][i, 0].cpu().numpy(), None),
+                     ("aligned " + ",".join(f"{v:.2f}" for v in p), aligned[i, 0].cpu().numpy(), None),
+                     ("B∘G(aligned)", smoothed[i, 0].cpu().numpy(), None), ("anchor", anchor[0], None)])  # fmt: skip
+    images = {"anchor": str(plot_image_grid([[("anchor", anchor[0], None)]], ctx.stage_dir / "anchor.png")),
+              "before_after": str(plot_image_grid(rows, ctx.stage_dir / "alignment.png", "alignment (val)"))}  # fmt: skip
+    ctx.tracker.log_images(images, step=0, prefix="align")
+
+
+def build_masks(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
+    """The ``masks`` stage: ψ (8, h, w) from CAMs of aligned training images (kim2021 Eq. 3) → masks.npy + PNGs."""
+    opts, recipe, k = method.options, method.recipe("classify"), len(BOX_CLASSES)
+    model = method.build_model("classify")
+    load_model_weights(ctx.stage_path("classify", "best.pt"), model)
+    model.eval().to(ctx.env.device)
+    spec = ctx.loader_spec(split="train", train=False, transforms=recipe.transforms,
+                           batch=ctx.cfg.loader.eval_batch_per_rank, **method.affine_extras(ctx))  # fmt: skip
+    sums = torch.zeros(k, *model.psi.shape[-2:], dtype=torch.float64, device=ctx.env.device)
+    counts = torch.zeros(k, dtype=torch.float64, device=ctx.env.device)
+    fill = black(recipe.transforms)
+    with torch.no_grad():
+        for batch in ctx.make_loader(spec):
+            with inference_autocast(ctx):
+                logits, cams = model.forward_with_maps(align_images(batch["image"], batch["affine"], fill))
+            keep = torch.sigmoid(logits[:, :k].float()) >= opts.min_cam_prob  # Eq. 2 probability, §3.1 filter
+            if opts.require_label:
+                keep &= batch["labels"][:, :k] > 0
+            s, c = accumulate_disease_masks(cams[:, :k].float(), SYMMETRIC_BOX_CLASSES, keep)
+            sums, counts = sums + s, counts + c
+    dist.all_reduce_sum(sums)
+    dist.all_reduce_sum(counts)
+    psi = finalize_disease_masks(sums, counts, opts.mask_threshold, opts.renormalize).cpu()
+    mean = (sums / counts.clamp_min(1).view(-1, 1, 1)).float().cpu()
+    if ctx.env.is_main:
+        np.save(ctx.stage_dir / "masks.npy", psi.numpy())
+        np.save(ctx.stage_dir / "mean_maps.npy", mean.numpy())
+        images = {c: str(plot_image_grid([[(f"{c}: mean N(L̄), n={int(counts[i])}", mean[i].numpy(), None),
+                                            ("ψ", psi[i].numpy(), None)]], ctx.stage_dir / "masks" / f"{c}.png"))
+                  for i, c in enumerate(BOX_CLASSES)}  # fmt: skip
+        ctx.tracker.log_images(images, step=0, prefix="masks")
+    dist.barrier()
+    return {"masks": "masks.npy", "mean_maps": "mean_maps.npy", "classes": list(BOX_CLASSES),
+            "kept_maps": dict(zip(BOX_CLASSES, counts.cpu().long().tolist())),
+            "mask_area": dict(zip(BOX_CLASSES, psi.mean(dim=(1, 2)).tolist()))}  # fmt: skip

@@ -1,0 +1,103 @@
+"""fang2021 lung/heart weighting: U-Net masks of lungs and heart weight DenseNet-121 features (F_l = F_g ⊙ M_g).
+
+Stages (METHODS.md "Multi-stage methods"):
+
+1. ``seg`` — train the U-Net (left lung, right lung, heart; soft Dice) on the JSRT + SCR set
+   (``method.options.seg_root``, layout in :mod:`cxrdist.data.jsrt`); DONE.json holds the val Dice per structure.
+2. ``masks`` — the union mask of every image of every split as a key-aligned ``<split>/mask`` sidecar.
+3. ``classify`` — multi-scale input attention + DenseNet-121, the mask joined by the loader (kind "image", so
+   it follows the crop) and passed as ``model(image, mask=mask)``.
+4. ``eval`` — test AUROC and localization; the heatmap is the CAM of the feature extractor F_g (fang2021 Table 3).
+
+Ablations: ``method.model.use_mask=false`` is "Ours w/o F_l" (Table 2; the seg and masks stages are dropped),
+``method.model.multiscale=false`` is "FE w/o MA" (Table 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cxrdist.engine.stages import EvalStage, FunctionStage, Stage, StageContext, TrainStage
+from cxrdist.methods.base import Method, register_method
+from cxrdist.methods.lungheart_stages import train_unet, write_masks
+from cxrdist.models import build_model
+
+
+def forward(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Logits; the lung/heart mask is passed when the loader joined one."""
+    return model(batch["image"], mask=batch.get("mask"))
+
+
+def maps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the masked features and the CAMs of F_g (the mask never changes the maps)."""
+    return model.forward_with_maps(batch["image"], mask=batch.get("mask"))
+
+
+@register_method("lungheart")
+class LungHeart(Method):
+    """U-Net masks, then the masked classifier, then evaluation."""
+
+    @dataclass
+    class ModelConfig:
+        pretrained: bool = True  # ImageNet DenseNet-121 ("pre-trained 121-layer DenseNet", fang2021 §4.2)
+        multiscale: bool = True  # multi-scale input attention (§3.2); false = "FE w/o MA"
+        use_mask: bool = True  # F_l = F_g ⊙ M_g (Eq. 3); false = "Ours w/o F_l"
+
+    @dataclass
+    class Options:
+        seg_root: str | None = None  # JSRT + SCR root; None = <data.root>/../phantom/segmentation (demo layout)
+        seg_val_fraction: float = 0.2  # JSRT images held out for model selection (choice)
+        seg_threshold: float = 0.5  # per-channel sigmoid threshold (METHODS.md choice)
+        unet_width: int = 32  # U-Net base width (choice; depth 4)
+        mask_size: int = 64  # side of the stored union mask (whole frame, fractional; choice)
+        examples: int = 4  # example images in the stages' PNGs
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        o = self.options
+        if not 0 < o.seg_val_fraction < 1 or not 0 < o.seg_threshold < 1 or o.mask_size < 1 or o.unet_width < 1:
+            raise ValueError(f"method.options: bad values {o}")
+
+    def build_model(self, stage: str) -> torch.nn.Module:
+        """The classifier of ``stage``."""
+        m = self.model_cfg
+        return build_model("lungheart", pretrained=m.pretrained, in_chans=self.in_chans(stage),
+                           multiscale=m.multiscale, use_mask=m.use_mask)  # fmt: skip
+
+    def loader_extras(self, ctx: StageContext) -> dict[str, Any]:
+        """The masks sidecar of the loader's split (``{split}`` is filled in by the loader)."""
+        if not self.model_cfg.use_mask:
+            return {}
+        return {"sidecars": {"mask": str(ctx.stage_path("masks", "{split}", "mask"))}}
+
+    def stages(self) -> list[Stage]:
+        recipe = self.recipe("classify")
+        build = lambda ctx: self.build_model("classify")  # noqa: E731
+        classify = TrainStage("classify", recipe, build, forward=forward, loader_extras=self.loader_extras)
+        evaluate = EvalStage(
+            "eval",
+            build,
+            weights=lambda ctx: ctx.stage_path("classify", "best.pt"),
+            transforms=lambda ctx: recipe.transforms,
+            maps=maps,
+            loader_extras=self.loader_extras,
+            published=self.published(),
+        )
+        if not self.model_cfg.use_mask:  # "w/o F_l": no segmentation needed
+            return [classify, evaluate]
+        self.recipe("seg")  # fail at composition, not after hours, when the U-Net recipe is missing
+        return [
+            FunctionStage("seg", lambda ctx: train_unet(ctx, self)),
+            FunctionStage("masks", lambda ctx: write_masks(ctx, self)),
+            classify,
+            evaluate,
+        ]
+
+    def published(self) -> dict[str, Any]:
+        """The paper's numbers for the report."""
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(self.cfg.method.published)

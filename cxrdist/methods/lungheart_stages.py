@@ -1,0 +1,212 @@
+"""The two lungheart stages besides the classifier: ``seg`` trains the U-Net, ``masks`` writes the union masks.
+
+``seg`` (fang2021 §3.3): a U-Net with sigmoid outputs for left lung, right lung and heart, soft Dice loss,
+trained on the JSRT + SCR set (:mod:`cxrdist.data.jsrt`) with the ``seg`` recipe; the model with the lowest
+validation loss is kept (METHODS.md choice). Distributed: every rank holds the (small) set in memory and each
+global batch is sharded across ranks under DDP, so a multi-GPU job trains one model with the recipe's global
+batch; validation is computed on every rank over the whole held-out part and rank 0's numbers decide.
+Killed mid-stage it restarts from scratch (a few minutes of work at most).
+
+``masks``: the best U-Net runs over every image of every split (train, val and the evaluation splits) with the
+``seg`` recipe's eval transform, which keeps the whole stored frame. The union of the thresholded channels
+(fang2021's M_g) is area-averaged to ``mask_size``² and stored fractional as a float16 "image" sidecar
+``<split>/mask``, so the classifier's loader crops it with the image. Resumable row by row (sidecar_writer).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrdist import dist
+from cxrdist.data.jsrt import STRUCTURES, load_segmentation_set, split_set
+from cxrdist.data.transforms import apply_geometry_torch, normalize_batch, sample_geometry, sample_rng
+from cxrdist.engine.checkpoint import load_model_weights, save_model_weights
+from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
+from cxrdist.engine.sidecar_writer import fill_sidecar, inference_autocast, sidecar_splits
+from cxrdist.engine.stages import StageContext
+from cxrdist.engine.strategy import build_strategy
+from cxrdist.eval.figures import plot_image_grid
+from cxrdist.models import build_model
+from cxrdist.models.unet import soft_dice_loss, union_mask
+
+if TYPE_CHECKING:
+    from cxrdist.methods.lungheart import LungHeart
+
+logger = logging.getLogger(__name__)
+NAMES = tuple(s.replace(" ", "_") for s in STRUCTURES)  # left_lung, right_lung, heart: metric keys
+
+
+def seg_root(ctx: StageContext, root: str | None) -> Path:
+    """The segmentation set: ``method.options.seg_root``, else the demo layout ``<data.root>/../phantom/segmentation``."""
+    return Path(root) if root else Path(ctx.cfg.data.root).parent / "phantom" / "segmentation"
+
+
+def _ops(transforms: Any, train: bool) -> list[dict[str, Any]]:
+    ops = [dict(o) for o in (transforms.train if train else transforms.eval)]
+    if any(o["op"] == "hflip" for o in ops):
+        raise ValueError("seg transforms: hflip would swap the left and right lung channels; remove it")
+    return ops
+
+
+def seg_batch(sset, indices: np.ndarray, transforms: Any, train: bool, seed: int, epoch: int, positions=None):
+    """Images (B, C, H, W) normalised and target masks (B, 3, H, W) 0/1 after the recipe's geometry."""
+    ops, side = _ops(transforms, train), sset.images.shape[-1]
+    images, masks = [], []
+    for n, i in enumerate(indices):
+        rng = sample_rng(seed, epoch, int(positions[n])) if train and positions is not None else None
+        g = sample_geometry(ops, (side, side), rng)
+        images.append(apply_geometry_torch(torch.from_numpy(sset.images[i]), g))
+        masks.append(torch.cat([apply_geometry_torch(torch.from_numpy(m), g) for m in sset.masks[i]]) >= 0.5)
+    x = normalize_batch(torch.stack(images), transforms.normalize, transforms.channels)
+    return x, torch.stack(masks).float()
+
+
+@torch.no_grad()
+def evaluate_seg(model, sset, indices: np.ndarray, transforms: Any, device, batch: int, threshold: float) -> dict:
+    """Soft Dice loss and hard Dice per structure over ``indices`` (pooled over all their pixels)."""
+    model.eval()
+    soft, hard = torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, 3, dtype=torch.float64)
+    for s in range(0, len(indices), batch):
+        x, y = seg_batch(sset, indices[s : s + batch], transforms, False, 0, 0)
+        probs = torch.sigmoid(model(x.to(device)).float()).cpu()
+        for acc, p in ((soft, probs), (hard, (probs >= threshold).float())):
+            acc += torch.stack([(p * y).sum((0, 2, 3)), p.sum((0, 2, 3)), y.sum((0, 2, 3))]).double()
+    dice = lambda a: (2 * a[0] + 1) / (a[1] + a[2] + 1)  # noqa: E731  (eps 1: unet.dice_per_channel's)
+    return {"val_loss": float(1 - dice(soft).mean()), "val_dice": dict(zip(NAMES, dice(hard).tolist()))}
+
+
+def _mean_shape_dice(sset, train: np.ndarray, val: np.ndarray, transforms: Any) -> dict[str, float]:
+    """Hard Dice on val of the best constant mask: the training masks' mean, thresholded at 0.5 (a baseline)."""
+    _, y_train = seg_batch(sset, train, transforms, False, 0, 0)
+    _, y_val = seg_batch(sset, val, transforms, False, 0, 0)
+    const = (y_train.mean(0, keepdim=True) >= 0.5).float().expand_as(y_val)
+    inter, total = (const * y_val).sum((0, 2, 3)), const.sum((0, 2, 3)) + y_val.sum((0, 2, 3))
+    return dict(zip(NAMES, ((2 * inter + 1) / (total + 1)).tolist()))
+
+
+def _train_epoch(strategy, sset, train: np.ndarray, recipe: Any, seed: int, epoch: int, env) -> float:
+    """One epoch: global batches from a (seed, epoch) permutation, each rank taking its micro-batches."""
+    g, micro, accum = recipe.global_batch, strategy.micro_batch, strategy.accum
+    perm = train[np.random.default_rng([seed, epoch]).permutation(len(train))]
+    steps = len(train) // g if recipe.max_steps_per_epoch is None else min(len(train) // g, recipe.max_steps_per_epoch)
+    strategy.model.train()
+    losses = []
+    for k in range(steps):
+        for a in range(accum):
+            lo = k * g + (a * env.world_size + env.rank) * micro
+            x, y = seg_batch(
+                sset, perm[lo : lo + micro], recipe.transforms, True, seed, epoch, np.arange(lo, lo + micro)
+            )
+            with strategy.autocast():
+                logits = strategy.model(x.to(env.device))
+            loss = soft_dice_loss(logits.float(), y.to(env.device))
+            strategy.backward(loss)
+            losses.append(float(loss))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
+    """The ``seg`` stage: train the U-Net; write ``best.pt`` and example PNGs; return the val Dice per structure."""
+    cfg, env, opts, recipe = ctx.cfg, ctx.env, method.options, method.recipe("seg")
+    sizes = [o["size"] for o in [*recipe.transforms.train, *recipe.transforms.eval] if o["op"].startswith("resize")]
+    sset = load_segmentation_set(seg_root(ctx, opts.seg_root), max(sizes or [256]))
+    train, val = split_set(len(sset.names), opts.seg_val_fraction, cfg.seed)
+    if len(train) < recipe.global_batch:
+        raise ValueError(f"seg: {len(train)} training images, fewer than global_batch {recipe.global_batch}")
+    micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
+    torch.manual_seed(cfg.seed)
+    model = build_model("unet", base_width=opts.unet_width, in_chans=recipe.transforms.channels)
+    optimizer = build_optimizer(model.parameters(), recipe.optim)
+    scheduler = build_scheduler(optimizer, recipe.schedule)
+    # The U-Net always trains under DDP (a DeepSpeed engine buys nothing for 8M parameters).
+    strategy = build_strategy("ddp", env, accum=accum, micro_batch=micro, precision=cfg.engine.precision,
+                              grad_clip=cfg.engine.grad_clip)  # fmt: skip
+    strategy.wrap(model, optimizer)
+    best, history = None, []
+    for epoch in range(recipe.epochs):
+        train_loss = _train_epoch(strategy, sset, train, recipe, cfg.seed, epoch, env)
+        m = dist.broadcast_object(evaluate_seg(strategy.unwrap(), sset, val, recipe.transforms, env.device,
+                                               cfg.loader.eval_batch_per_rank, opts.seg_threshold))  # fmt: skip
+        step_scheduler(scheduler, {"train_loss": train_loss, **m})
+        history.append({"epoch": epoch, "train_loss": train_loss, **m})
+        if best is None or m["val_loss"] < best["val_loss"]:  # "the model with the smallest loss was saved"
+            best = history[-1]
+            if env.is_main:
+                save_model_weights(ctx.stage_dir / "best.pt", strategy.unwrap(), {"epoch": epoch, **m})
+        ctx.tracker.log({"train_loss": train_loss, "val_loss": m["val_loss"]}
+                        | {f"val_dice/{k}": v for k, v in m["val_dice"].items()}, step=epoch, prefix="seg")  # fmt: skip
+        logger.info("seg epoch %d: train %.4f, val %.4f, Dice %s", epoch, train_loss, m["val_loss"], m["val_dice"])
+    dist.barrier()
+    if best is None:
+        raise ValueError("seg: epochs must be >= 1")
+    if env.is_main:
+        _seg_examples(ctx, sset, val[: opts.examples], recipe.transforms, opts)
+    dist.barrier()
+    return {"weights": "best.pt", "best_epoch": best["epoch"], "val_loss": best["val_loss"],
+            "val_dice": best["val_dice"], "val_dice_mean_shape_baseline": _mean_shape_dice(sset, train, val,
+            recipe.transforms), "num_train": len(train), "num_val": len(val), "history": history,
+            "seg_root": str(seg_root(ctx, opts.seg_root)), "micro_batch": micro, "accum": accum}  # fmt: skip
+
+
+def _seg_examples(ctx: StageContext, sset, indices: np.ndarray, transforms: Any, opts: Any) -> None:
+    """PNG: held-out images with the true and predicted union masks (rank 0)."""
+    model = build_model("unet", base_width=opts.unet_width, in_chans=transforms.channels)
+    load_model_weights(ctx.stage_dir / "best.pt", model)
+    x, y = seg_batch(sset, indices, transforms, False, 0, 0)
+    with torch.no_grad():
+        pred = union_mask(model.eval()(x), opts.seg_threshold)[:, 0]
+    grey = x[:, 0].numpy()
+    rows = [[(f"{sset.names[i]} truth", grey[n], y[n].amax(0).numpy()), ("U-Net", grey[n], pred[n].numpy())]
+            for n, i in enumerate(indices)]  # fmt: skip
+    path = plot_image_grid(rows, ctx.stage_dir / "examples.png", "U-Net union mask (held-out JSRT/SCR)")
+    ctx.tracker.log_images({"examples": str(path)}, step=0, prefix="seg")
+
+
+def write_masks(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
+    """The ``masks`` stage: the union mask of every image of every split as the ``<split>/mask`` sidecar."""
+    opts, recipe, size = method.options, method.recipe("seg"), method.options.mask_size
+    model = build_model("unet", base_width=opts.unet_width, in_chans=recipe.transforms.channels)
+    load_model_weights(ctx.stage_path("seg", "best.pt"), model)
+    model.eval().to(ctx.env.device)
+
+    def compute(batch: dict[str, Any]) -> np.ndarray:
+        with inference_autocast(ctx):
+            logits = model(batch["image"])
+        union = union_mask(logits.float(), opts.seg_threshold)
+        return F.adaptive_avg_pool2d(union, size)[:, 0].cpu().numpy()  # area fraction: the mask stays fractional
+
+    notes = {"what": "fang2021 M_g: union of U-Net left lung, right lung, heart (threshold "
+             f"{opts.seg_threshold}), area fraction over the whole stored frame at {size}x{size}"}  # fmt: skip
+    out = {}
+    for split in sidecar_splits(ctx):
+        spec = ctx.loader_spec(split=split, train=False, transforms=recipe.transforms,
+                               batch=ctx.cfg.loader.eval_batch_per_rank)  # fmt: skip
+        out[split] = fill_sidecar(ctx, ctx.stage_dir / split / "mask", ctx.make_loader(spec), compute,
+                                  shape=(size, size), dtype="float16", kind="image", notes=notes)  # fmt: skip
+    if ctx.env.is_main:
+        _mask_examples(ctx, opts.examples)
+    dist.barrier()
+    return {"sidecar": "{split}/mask", "mask_size": size, "splits": out}
+
+
+def _mask_examples(ctx: StageContext, count: int) -> None:
+    """PNG: training images with their stored union masks, exactly as the sidecar holds them (rank 0)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from cxrdist.data.reader import ShardReader
+    from cxrdist.data.sidecar import Sidecar
+
+    reader = ShardReader(ctx.cfg.data.root, "train")
+    side = Sidecar(ctx.stage_dir / "train" / "mask", reader.keys)
+    rows = [[(reader.keys[i], np.asarray(Image.open(BytesIO(reader.jpeg(i))).convert("L")), side.rows([i])[0])]
+            for i in range(min(count, len(reader)))]  # fmt: skip
+    path = plot_image_grid([sum(rows, [])], ctx.stage_dir / "examples.png", "union lung/heart masks (train)")
+    ctx.tracker.log_images({"examples": str(path)}, step=0, prefix="masks")

@@ -1,0 +1,128 @@
+"""launch/submit.py and launch/shard.py on a real 2-node local Slurm cluster (marked ``slurm``).
+
+chexnet (tiny) trains on 2 ranks over gloo across both slurmd, evaluates and finishes; an identical job is
+requeued mid-epoch with ``scontrol requeue`` and ends with the same weights, the same W&B run id and no
+finished stage rerun; the sharding array writes the same shards as the single-process writer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_local_cluster import Cluster, cluster  # noqa: E402,F401  (the module-scoped cluster fixture)
+
+from cxrdist.launcher import submit, submit_sharding  # noqa: E402
+
+pytestmark = pytest.mark.slurm
+TINY = [
+    "method.model.pretrained=false",
+    "method.stages.train.epochs=2",
+    "method.stages.train.max_steps_per_epoch=3",
+    "method.stages.train.global_batch=8",
+    "loader.workers=0",
+    "eval.heatmap_examples=1",
+    "engine.ckpt_every_steps=1",
+    "engine.log_every_steps=1",
+    "method.stages.train.transforms.train=[{op: resize, size: 40}, {op: random_resized_crop, size: 32}, {op: hflip}]",
+    "method.stages.train.transforms.eval=[{op: resize, size: 40}, {op: center_crop, size: 32}]",
+]
+
+
+def _args(shards: Path, run: Path) -> list[str]:
+    return [
+        "--cluster",
+        "slurm",
+        "--nodes",
+        "2",
+        "--tasks-per-node",
+        "1",
+        "--partition",
+        "debug",
+        "--timeout-min",
+        "20",
+        "--run-dir",
+        str(run),
+        "method=chexnet",
+        f"data.root={shards}",
+        *TINY,
+    ]
+
+
+def _weights(run: Path) -> dict:
+    return torch.load(run / "stages" / "00_train" / "last.pt", weights_only=True)["model"]
+
+
+def test_two_node_training_and_requeue(cluster: Cluster, shard_root: Path, tmp_path: Path):  # noqa: F811
+    ref = submit(_args(shard_root, tmp_path / "ref"))
+    ref["job"].results()
+    ref_dir = tmp_path / "ref"
+    assert json.loads((ref_dir / "stages" / "01_eval" / "DONE.json").read_text())["world_size"] == 2
+    logs = [(ref_dir / "logs" / f"rank{r}.log").read_text() for r in (0, 1)]
+    nodes = {line.split("node ")[1].split()[0] for text in logs for line in text.splitlines() if "joined gloo" in line}
+    assert len(nodes) == 2, f"ranks did not run on two slurmd nodes: {nodes}"
+    wandb_id = (ref_dir / "wandb_id.txt").read_text().strip()
+    assert list((ref_dir / "wandb" / "wandb").glob(f"offline-run-*-{wandb_id}"))
+
+    run = tmp_path / "requeued"
+    out = submit(_args(shard_root, run))
+    ckpt = run / "stages" / "00_train" / "ckpt"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (ckpt / "step-00000002").exists():
+        time.sleep(0.2)
+    assert not (run / "stages" / "00_train" / "DONE.json").exists(), "train finished before the requeue"
+    subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster.env, timeout=30)
+    out["job"].results()
+    assert torch.equal(
+        torch.cat([v.flatten().float() for v in _weights(ref_dir).values()]),
+        torch.cat([v.flatten().float() for v in _weights(run).values()]),
+    )
+    rank0 = (run / "logs" / "rank0.log").read_text()
+    assert "resumed train from" in rank0 and rank0.count("stage train: start") == 2
+    rid = (run / "wandb_id.txt").read_text().strip()
+    assert len(list((run / "wandb" / "wandb").glob(f"offline-run-*-{rid}"))) == 2
+    # Resubmitting the finished run reruns nothing.
+    again = submit(_args(shard_root, run))
+    again["job"].results()
+    assert (run / "logs" / "rank0.log").read_text().count("stage train: start") == 2
+
+
+def test_sharding_array_matches_single_process(
+    cluster: Cluster,
+    phantom_root: Path,
+    shard_root: Path,  # noqa: F811
+    tmp_path: Path,
+):
+    out = submit_sharding(
+        [
+            "--nih-root",
+            str(phantom_root),
+            "--out",
+            str(tmp_path / "s"),
+            "--size",
+            "64",
+            "--samples-per-shard",
+            "40",
+            "--seed",
+            "0",
+            "--array",
+            "2",
+            "--partition",
+            "debug",
+            "--timeout-min",
+            "10",
+            "--wait",
+        ]
+    )
+    assert len(out["array"]) == 2
+    for split in ("train", "val", "test", "bbox"):
+        got = json.loads((tmp_path / "s" / split / "_info.json").read_text())["shards"]
+        want = json.loads((shard_root / split / "_info.json").read_text())["shards"]
+        assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
