@@ -1,0 +1,1 @@
+"""Data: NIH ChestX-ray14 reading, the phantom, shards and loaders."""

@@ -1,0 +1,434 @@
+"""The phantom ChestX-ray14: an NIH-layout folder with the real metadata rows and synthetic radiographs.
+
+``make_phantom(out)`` picks whole real patients from the NIH metadata, keeps each image's official split, draws
+a synthetic PA radiograph per image with its labelled findings (inside the real box where the box list has one),
+and writes the real release's names and formats into ``out``::
+
+    images/00000001_000.png ...      8-bit grayscale, size x size
+    Data_Entry_2017_v2020.csv        the real header and the real rows of the chosen images, verbatim
+    BBox_List_2017.csv               the real header and boxes, scaled to the PNG's own pixels (x size/1024)
+    train_val_list.txt, test_list.txt  the chosen images, in the real files' order
+    segmentation/                    a JSRT + SCR style lung/heart segmentation set (see README.txt there)
+    phantom.json                     PhantomSummary, written last: the folder is complete when it exists
+
+Boxes: the real release's PNGs are 1024 px and its boxes are in those pixels; a phantom of size S stores its
+boxes in the S-pixel PNG's own pixels, so the folder is self-consistent like the real one at S = 1024.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cxrdist.data.phantom_draw import Box, draw_float, draw_radiograph
+from cxrdist.labels import BOX_CLASSES, LABEL_INDEX, LABELS, normalize_label, parse_finding_labels
+
+__all__ = ["PhantomSummary", "default_metadata_dir", "draw_radiograph", "load_metadata", "make_phantom"]
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1
+ENV_METADATA = "CXRDIST_NIH_METADATA"
+DATA_ENTRY, BBOX_LIST = "Data_Entry_2017_v2020.csv", "BBox_List_2017.csv"
+TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
+REAL_PNG_SIZE = 1024  # pixel size of the released PNGs, in which BBox_List_2017.csv is written
+_UNFINISHED = ".phantom-unfinished"  # marker present while a phantom is being written
+_BOX_SHARE = 0.15  # share of the images first spent on patients that own box images
+# JSRT: 154 nodule (JPCLN) + 93 non-nodule (JPCNN) images; SCR fold1 = odd positions in that list, fold2 = even.
+_JSRT_GROUPS = (("JPCLN", 154), ("JPCNN", 93))
+_SCR_MASKS = {"heart": "heart", "left clavicle": "left_clavicle", "left lung": "left_lung",
+              "right clavicle": "right_clavicle", "right lung": "right_lung"}  # fmt: skip
+
+
+@dataclass
+class PhantomSummary:
+    """Counts of a generated phantom (also ``phantom.json``). Per-class dicts use ``LABELS`` names."""
+
+    images: int
+    train_val: int
+    test: int
+    patients: int
+    boxes: dict[str, int]  # box rows per box class
+    box_images: dict[str, int]  # images with at least one box of the class (all in the test list)
+    positives: dict[str, int]  # images labelled with each class
+    seg_images: int
+    seg_folds: dict[str, int]
+    size: int
+    seed: int
+    difficulty: float
+    version: int = VERSION
+    box_pixels: str = "image"  # BBox_List_2017.csv is in the PNG's own pixels (real box x size / 1024)
+
+
+@dataclass
+class Metadata:
+    """The real NIH metadata, kept as raw lines so chosen rows are written back verbatim."""
+
+    header: str
+    rows: dict[str, str]  # image -> Data_Entry line, in file order
+    patient: dict[str, str]  # image -> patient ID
+    bbox_header: str
+    boxes: dict[str, list[list[str]]]  # image -> box rows as fields [image, label, x, y, w, h]
+    train_val: list[str]
+    test: list[str]
+
+
+def default_metadata_dir() -> Path:
+    """The NIH metadata folder: ``$CXRDIST_NIH_METADATA``, else ``shared/nih-metadata`` above the package or cwd.
+
+    Raises:
+        FileNotFoundError: neither is there.
+    """
+    env = os.environ.get(ENV_METADATA)
+    if env:
+        if not Path(env).is_dir():
+            raise FileNotFoundError(f"{ENV_METADATA}={env!r} is not a directory")
+        return Path(env)
+    starts = [Path(__file__).resolve(), Path.cwd().resolve() / "_"]
+    for parent in (p for s in starts for p in s.parents):
+        if (parent / "shared" / "nih-metadata").is_dir():
+            return parent / "shared" / "nih-metadata"
+    raise FileNotFoundError(
+        f"NIH metadata not found: no shared/nih-metadata above {starts[0].parent} or the working directory; "
+        f"set {ENV_METADATA} or pass metadata_dir"
+    )
+
+
+def _read_lines(folder: Path, name: str) -> list[str]:
+    for path in (folder / name, folder / f"{name}.gz"):
+        if path.is_file():
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rt", encoding="utf-8", newline="") as fh:
+                return [line.rstrip("\r\n") for line in fh if line.strip()]
+    raise FileNotFoundError(f"{folder}: missing {name} (nor {name}.gz)")
+
+
+def load_metadata(folder: Path) -> Metadata:
+    """Read the four NIH metadata files (plain or ``.gz``) from ``folder``."""
+    folder = Path(folder)
+    entry, bbox = _read_lines(folder, DATA_ENTRY), _read_lines(folder, BBOX_LIST)
+    rows, patient = {}, {}
+    for i, line in enumerate(entry[1:], start=2):
+        fields = line.split(",")
+        if len(fields) != 11:
+            raise ValueError(f"{folder / DATA_ENTRY}: line {i}: expected 11 fields, got {len(fields)}")
+        rows[fields[0]], patient[fields[0]] = line, fields[3]
+    boxes: dict[str, list[list[str]]] = {}
+    for i, line in enumerate(bbox[1:], start=2):
+        fields = line.split(",")
+        if len(fields) != 6 or fields[0] not in rows:
+            raise ValueError(f"{folder / BBOX_LIST}: line {i}: malformed or unknown image: {line!r}")
+        normalize_label(fields[1], source=str(folder / BBOX_LIST), row=i)
+        boxes.setdefault(fields[0], []).append(fields)
+    tv, te = _read_lines(folder, TRAIN_VAL_LIST), _read_lines(folder, TEST_LIST)
+    return Metadata(entry[0], rows, patient, bbox[0], boxes, [s.strip() for s in tv], [s.strip() for s in te])
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(folder: str, stamp: tuple[int, ...]) -> Metadata:
+    """Parsing 112k rows takes ~1 s: reuse it within a process while the files are unchanged (``stamp``)."""
+    return load_metadata(Path(folder))
+
+
+def _take(order: list[str], images: dict[str, list[str]], chosen: dict[str, None], budget: int) -> int:
+    """Add whole patients from ``order`` that still fit in ``budget`` images; return the images added."""
+    added = 0
+    for p in order:
+        if added == budget:
+            break
+        if p not in chosen and len(images[p]) <= budget - added:
+            chosen[p] = None
+            added += len(images[p])
+    return added
+
+
+def select_images(meta: Metadata, num_images: int, seed: int) -> list[str]:
+    """Choose whole patients totalling exactly ``num_images`` images (capped at the release), in file order.
+
+    First patients owning box images, round-robin over the 8 box classes and smallest patients first, up to ~15% of
+    the images; then random patients from test and train_val in the release's proportion.
+    """
+    rng = np.random.default_rng([seed, 0x9A7])
+    listed = set(meta.train_val) | set(meta.test)
+    images: dict[str, list[str]] = {}
+    for name in meta.rows:
+        if name in listed:  # an image in neither official list could keep no split
+            images.setdefault(meta.patient[name], []).append(name)
+    patients = list(images)
+    tiebreak = dict(zip(patients, rng.permutation(len(patients)).tolist()))
+    n = min(num_images, sum(map(len, images.values())))
+    chosen: dict[str, None] = {}  # an ordered set
+    count, budget = 0, min(n, max(round(_BOX_SHARE * n), 16))
+    owners: dict[str, set[str]] = {c: set() for c in BOX_CLASSES}
+    for name, rows in meta.boxes.items():
+        for c in {normalize_label(r[1]) for r in rows} if meta.patient[name] in images else ():
+            owners[c].add(meta.patient[name])
+    queues = {c: sorted(ps, key=lambda p: (len(images[p]), tiebreak[p])) for c, ps in owners.items()}
+    progress = True
+    while progress:  # one patient per class per round while the next smallest one fits
+        progress = False
+        for c in BOX_CLASSES:
+            nxt = next((p for p in queues[c] if p not in chosen), None)
+            if nxt is not None and count + len(images[nxt]) <= budget:
+                chosen[nxt] = None
+                count, progress = count + len(images[nxt]), True
+    test = set(meta.test)
+    is_test = {p: imgs[0] in test for p, imgs in images.items()}
+    test_now = sum(len(images[p]) for p in chosen if is_test[p])
+    want_test = max(0, min(n - count, round(n * len(meta.test) / len(listed)) - test_now))
+    order = [patients[i] for i in rng.permutation(len(patients))]
+    count += _take([p for p in order if is_test[p]], images, chosen, want_test)
+    count += _take([p for p in order if not is_test[p]], images, chosen, n - count)
+    count += _take(order, images, chosen, n - count)  # only if one split ran out
+    picked = {i for p in chosen for i in images[p]}
+    return [name for name in meta.rows if name in picked]
+
+
+def _image_rng(seed: int, name: str) -> np.random.Generator:
+    """Per-image generator: the same image is identical whatever the worker count or order."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _write_image(path: Path, array: np.ndarray, fmt: str) -> None:
+    """Encode to a temporary name and rename, so a killed run never leaves a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # zlib level 1: half the time of the default level for ~10% larger files (noise does not compress anyway).
+    Image.fromarray(array).save(tmp, format=fmt, **({"compress_level": 1} if fmt == "PNG" else {}))
+    os.replace(tmp, path)
+
+
+def _findings(meta: Metadata, name: str, size: int) -> dict[int, list[Box | None]]:
+    """Label index -> boxes (in the image's pixels) or [None] for a labelled finding without a box."""
+    labels = parse_finding_labels(meta.rows[name].split(",")[1], source=DATA_ENTRY, row=name)
+    out: dict[int, list[Box | None]] = {int(c): [None] for c in np.flatnonzero(labels)}
+    scale = size / REAL_PNG_SIZE
+    for row in meta.boxes.get(name, []):
+        c = LABEL_INDEX[normalize_label(row[1])]
+        box = tuple(float(v) * scale for v in row[2:6])
+        out[c] = [b for b in out.get(c, []) if b is not None] + [box]  # a box implies the finding, drawn there
+    return out
+
+
+def _do_task(task: tuple) -> None:
+    """Draw and write one main image (``"nih"``) or one segmentation image with its masks (``"seg"``)."""
+    kind, name, root, seed, size, difficulty, extra = task
+    if kind == "nih":
+        img, _ = draw_radiograph(_image_rng(seed, name), size, extra, difficulty)
+        _write_image(Path(root) / "images" / name, img, "PNG")
+        return
+    # JSRT: 12-bit values stored big-endian with white (dense) = 0; SCR masks are half the image's size.
+    nodule = {LABEL_INDEX["Nodule"]: [None]} if name.startswith("JPCLN") else {}
+    img, masks = draw_float(_image_rng(seed, f"JSRT/{name}"), 2 * size, nodule, difficulty)
+    raw = np.rint((1.0 - img) * 4095.0).astype(">u2")
+    _atomic_write(Path(root) / "JSRT" / "All247images" / f"{name}.IMG", raw.tobytes())
+    for folder, key in _SCR_MASKS.items():
+        half = masks[key].reshape(size, 2, size, 2).mean(axis=(1, 3)) >= 0.5
+        _write_image(Path(root) / "SCR" / "scratch" / extra / "masks" / folder / f"{name}.gif",
+                     half.astype(np.uint8) * 255, "GIF")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Keep BLAS single-threaded: drawing does many small matrix products that threads only slow down."""
+    keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(dict.fromkeys(keys, "1"))  # inherited by spawned workers
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        limits = contextlib.nullcontext()
+    else:
+        limits = threadpool_limits(1, user_api="blas")
+    try:
+        with limits:
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_tasks(tasks: list[tuple], workers: int) -> None:
+    with _one_blas_thread():
+        if workers <= 1 or len(tasks) < 8:
+            for i, t in enumerate(tasks, 1):
+                _do_task(t)
+                if i % 500 == 0:
+                    logger.info("drew %d/%d images", i, len(tasks))
+            return
+        # spawn, not fork: the caller may hold threads (torch, loaders) that fork would copy mid-state.
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            chunk = max(1, min(32, len(tasks) // (8 * workers)))
+            for i, _ in enumerate(pool.imap_unordered(_do_task, tasks, chunksize=chunk), 1):
+                if i % 500 == 0:
+                    logger.info("drew %d/%d images", i, len(tasks))
+
+
+def _seg_names(count: int) -> list[tuple[str, str]]:
+    """(JSRT name, SCR fold) of the first nodule and non-nodule images, in the real 154:93 proportion."""
+    full = [f"{prefix}{i:03d}" for prefix, n in _JSRT_GROUPS for i in range(1, n + 1)]
+    fold = {name: "fold1" if i % 2 == 0 else "fold2" for i, name in enumerate(full)}  # position 1, 3, ... = fold1
+    n_ln = round(count * _JSRT_GROUPS[0][1] / len(full))
+    names = full[:n_ln] + full[_JSRT_GROUPS[0][1] : _JSRT_GROUPS[0][1] + count - n_ln]
+    return [(name, fold[name]) for name in names]
+
+
+def _seg_layout(names: list[tuple[str, str]], size: int) -> dict:
+    folds = {f: [n for n, g in names if g == f] for f in ("fold1", "fold2")}
+    return {
+        "format": "JSRT+SCR",
+        "phantom": True,
+        "version": VERSION,
+        "jsrt": {"dir": "JSRT/All247images", "suffix": ".IMG", "width": 2 * size, "height": 2 * size,
+                 "dtype": ">u2", "bits": 12, "header_bytes": 0, "white_is_zero": True},
+        "scr": {"dir": "SCR/scratch", "masks": "{fold}/masks/{structure}/{name}.gif", "structures": list(_SCR_MASKS),
+                "width": size, "height": size, "values": [0, 255], "folds": folds},
+        "sides": "'left lung' is the patient's left, on the image's right (PA view)",
+    }  # fmt: skip
+
+
+_SEG_README = """Phantom segmentation set in the JSRT + SCR layout (generated by cxrdist.data.phantom).
+
+JSRT/All247images/<name>.IMG   raw pixels, no header: {w} x {w}, big-endian uint16 ('>u2'), 12-bit values 0..4095,
+                               white (dense) = 0 like the real JSRT files (real: 2048 x 2048)
+SCR/scratch/<fold>/masks/<structure>/<name>.gif
+                               {m} x {m} GIF, 0 = background, 255 = structure (real: 1024 x 1024, half the image)
+structures: heart, left clavicle, left lung, right clavicle, right lung ('left' = patient's left = image right);
+lung masks exclude the heart.
+folds: fold1 = odd positions of the 247-name JSRT list (JPCLN001..154 then JPCNN001..093), fold2 = even.
+The images are synthetic radiographs with exact masks; JPCLN images carry one synthetic nodule.
+layout.json holds the sizes, dtype and fold lists; the real release has no layout.json (use 2048 / 1024).
+"""
+
+
+def _start_segmentation(root: Path, seg: list[tuple[str, str]], size: int) -> None:
+    """Create the JSRT/SCR folders and write layout.json and README.txt."""
+    for folder in _SCR_MASKS:
+        for fold in ("fold1", "fold2"):
+            (root / "SCR" / "scratch" / fold / "masks" / folder).mkdir(parents=True, exist_ok=True)
+    (root / "JSRT" / "All247images").mkdir(parents=True, exist_ok=True)
+    _atomic_write(root / "layout.json", json.dumps(_seg_layout(seg, size), indent=2) + "\n")
+    _atomic_write(root / "README.txt", _SEG_README.format(w=2 * size, m=size))
+
+
+def _prepare_out(out: Path) -> bool:
+    """Create ``out``; refuse a non-empty folder unless it is an earlier (or unfinished) phantom, then return True."""
+    out.mkdir(parents=True, exist_ok=True)
+    was_phantom = (out / "phantom.json").exists() or (out / _UNFINISHED).exists()
+    if not was_phantom and any(out.iterdir()):
+        raise FileExistsError(f"{out}: not empty and not a phantom (no phantom.json); choose an empty folder")
+    (out / _UNFINISHED).touch()  # lets a rerun after a kill overwrite this folder
+    (out / "phantom.json").unlink(missing_ok=True)  # the folder is complete again only with the new summary
+    shutil.rmtree(out / "segmentation", ignore_errors=True)
+    return was_phantom
+
+
+def _write_tables(out: Path, meta: Metadata, chosen: list[str], size: int) -> None:
+    keep = set(chosen)
+    _atomic_write(out / DATA_ENTRY, "\n".join([meta.header] + [meta.rows[n] for n in chosen]) + "\n")
+    scale = size / REAL_PNG_SIZE
+    lines = [meta.bbox_header]
+    for name in chosen:
+        for row in meta.boxes.get(name, []):
+            coords = row[2:6] if size == REAL_PNG_SIZE else [repr(float(v) * scale) for v in row[2:6]]
+            lines.append(",".join(row[:2] + coords))
+    _atomic_write(out / BBOX_LIST, "\n".join(lines) + "\n")
+    for fname, names in ((TRAIN_VAL_LIST, meta.train_val), (TEST_LIST, meta.test)):
+        _atomic_write(out / fname, "".join(f"{n}\n" for n in names if n in keep))
+
+
+def _summarize(meta: Metadata, chosen: list[str], seg: list[tuple[str, str]], **params: object) -> PhantomSummary:
+    test = set(meta.test)
+    boxes, box_images, positives = dict.fromkeys(BOX_CLASSES, 0), dict.fromkeys(BOX_CLASSES, 0), {}
+    for name in chosen:
+        classes = [normalize_label(r[1]) for r in meta.boxes.get(name, [])]
+        for c in classes:
+            boxes[c] += 1
+        for c in set(classes):
+            box_images[c] += 1
+    sums = sum(parse_finding_labels(meta.rows[n].split(",")[1], row=n).astype(np.int64) for n in chosen)
+    positives = {c: int(v) for c, v in zip(LABELS, np.broadcast_to(sums, (len(LABELS),)))}
+    n_test = sum(n in test for n in chosen)
+    return PhantomSummary(
+        images=len(chosen), train_val=len(chosen) - n_test, test=n_test,
+        patients=len({meta.patient[n] for n in chosen}), boxes=boxes, box_images=box_images, positives=positives,
+        seg_images=len(seg), seg_folds={f: sum(g == f for _, g in seg) for f in ("fold1", "fold2")}, **params,
+    )  # fmt: skip
+
+
+def make_phantom(
+    out: Path,
+    *,
+    num_images: int = 2000,
+    size: int = 1024,
+    seed: int = 0,
+    difficulty: float = 0.5,
+    seg_images: int = 40,
+    metadata_dir: Path | None = None,
+    workers: int = 1,
+) -> PhantomSummary:
+    """Generate a phantom ChestX-ray14 in ``out`` (see the module docstring for the layout).
+
+    Args:
+        out: an empty folder, or an earlier phantom to overwrite; created if missing.
+        num_images: images wanted; whole patients are chosen to hit it exactly (capped at the release's 112,120).
+        size: PNG width and height (the real release: 1024); segmentation images are 2 x size, masks size.
+        seed: the same seed gives byte-identical files, whatever ``workers``.
+        difficulty: 0..1; higher means fainter findings, more noise and anatomical variation.
+        seg_images: JSRT + SCR style segmentation images (0..247), about half per fold.
+        metadata_dir: folder with the NIH metadata files (default: :func:`default_metadata_dir`).
+        workers: processes drawing images.
+
+    Returns:
+        The summary also written to ``out/phantom.json``.
+    """
+    if num_images < 1 or size < 32 or not 0.0 <= difficulty <= 1.0 or not 0 <= seg_images <= 247 or workers < 1:
+        raise ValueError(
+            f"bad phantom settings: num_images={num_images} (>= 1), size={size} (>= 32), difficulty={difficulty} "
+            f"(0..1), seg_images={seg_images} (0..247), workers={workers} (>= 1)"
+        )
+    out = Path(out)
+    folder = Path(metadata_dir) if metadata_dir is not None else default_metadata_dir()
+    meta = _load_cached(str(folder.resolve()), tuple(p.stat().st_mtime_ns for p in sorted(folder.iterdir())))
+    chosen = select_images(meta, num_images, seed)
+    seg = _seg_names(seg_images)
+    was_phantom = _prepare_out(out)
+    (out / "images").mkdir(exist_ok=True)
+    _write_tables(out, meta, chosen, size)
+    tasks = [("nih", n, str(out), seed, size, difficulty, _findings(meta, n, size)) for n in chosen]
+    if seg:
+        _start_segmentation(out / "segmentation", seg, size)
+        tasks += [("seg", name, str(out / "segmentation"), seed, size, difficulty, fold) for name, fold in seg]
+    logger.info("phantom: drawing %d images and %d segmentation images at %d px into %s", len(chosen), len(seg),
+                size, out)  # fmt: skip
+    _run_tasks(tasks, workers)
+    if was_phantom:  # drop images an earlier, different phantom left behind
+        keep = set(chosen)
+        for path in (out / "images").iterdir():
+            if path.name not in keep:
+                path.unlink()
+    summary = _summarize(meta, chosen, seg, size=size, seed=seed, difficulty=float(difficulty))
+    _atomic_write(out / "phantom.json", json.dumps(asdict(summary), indent=2) + "\n")
+    (out / _UNFINISHED).unlink()
+    return summary
