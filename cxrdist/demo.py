@@ -6,6 +6,7 @@ Each step is skipped when its output is already complete, so ``make demo`` can b
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -60,18 +61,35 @@ DEMO_OVERRIDES = [
 
 
 def run_training_steps(out: Path, shards: Path, nproc: int, extra: list[str]) -> Path:
-    """Train chexnet on the phantom with ``nproc`` local ranks, evaluate, and write the report."""
-    from cxrdist.config import compose
+    """Submit chexnet on the phantom through launch/submit.py's code (local cluster, ``nproc`` tasks), wait for
+    it, then print the evaluation tables and write the report."""
     from cxrdist.eval.report import write_report
-    from cxrdist.job import run_local
+    from cxrdist.launcher import submit
 
-    run_dir = out / "runs" / "chexnet"
-    overrides = [*DEMO_OVERRIDES, f"data.root={shards.resolve()}", f"run_dir={run_dir.resolve()}", *extra]
-    t0 = _step(f"4. train + evaluate chexnet: {nproc} processes (gloo), W&B offline in {run_dir}/wandb")
-    print("   overrides: " + " ".join(overrides))
-    run_local(compose(overrides), nproc=nproc)
+    run_dir = (out / "runs" / "chexnet").resolve()
+    argv = [
+        "--cluster",
+        "local",
+        "--tasks-per-node",
+        str(nproc),
+        "--run-dir",
+        str(run_dir),
+        *DEMO_OVERRIDES,
+        f"data.root={shards.resolve()}",
+        *extra,
+    ]
+    t0 = _step(f"4. train + evaluate chexnet: python launch/submit.py {' '.join(argv)}")
+    job = submit(argv)
+    print(f"   job {job['job_id']}, {nproc} tasks (gloo); W&B offline in {job['wandb']}; log: {job['follow'][0]}")
+    job["job"].results()  # raises the job's error, if any
+    done = json.loads((run_dir / "stages" / "00_train" / "DONE.json").read_text())["outputs"]
+    for h in done["history"]:
+        print(
+            f"   epoch {h['epoch']}: train loss {h['train_loss']:.4f}, val loss {h['val_loss']:.4f}, "
+            f"val AUROC {h['val_auroc']:.4f}"
+        )
     print(f"   {time.perf_counter() - t0:.1f} s")
-    t0 = _step("5. evaluation tables and report")
+    t0 = _step("5. evaluation tables (test AUROC, bbox localization) and the published-vs-ours report")
     md = write_report([run_dir], run_dir / "report")
     print(md.read_text())
     print(f"   report: {md} and {md.with_suffix('.png')}; {time.perf_counter() - t0:.1f} s")

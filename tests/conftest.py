@@ -14,13 +14,13 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 REPO = Path(__file__).resolve().parents[1]
-PHANTOM_IMAGES = 300
+PHANTOM_IMAGES = 310  # test split = 71 images: divisible by neither 2 nor 3 (evaluator tests)
 PHANTOM_SIZE = 64
 
 
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 300-image, 64 px phantom NIH root (read-only for tests: copy it before corrupting)."""
+    """A 310-image, 64 px phantom NIH root (read-only for tests: copy it before corrupting)."""
     from cxrdist.data.phantom import make_phantom
 
     out = tmp_path_factory.mktemp("phantom")

@@ -69,8 +69,15 @@ def detect_layout(root: str | Path) -> SegLayout:
     jsrt, scr = lay["jsrt"], lay["scr"]
     if jsrt.get("dtype") != ">u2" or jsrt.get("header_bytes", 0) or jsrt["width"] != jsrt["height"]:
         raise DataError(f"{path}: only square headerless big-endian uint16 images are supported")
-    return SegLayout(jsrt["dir"], jsrt["suffix"], int(jsrt["width"]), scr["dir"], scr["masks"],
-                     tuple(scr.get("folds", {}).keys()) or ("fold1", "fold2"), bool(lay.get("phantom")))  # fmt: skip
+    return SegLayout(
+        jsrt["dir"],
+        jsrt["suffix"],
+        int(jsrt["width"]),
+        scr["dir"],
+        scr["masks"],
+        tuple(scr.get("folds", {}).keys()) or ("fold1", "fold2"),
+        bool(lay.get("phantom")),
+    )
 
 
 def read_jsrt_image(path: str | Path, side: int | None = None) -> np.ndarray:

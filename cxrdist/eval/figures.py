@@ -124,7 +124,7 @@ def plot_image_grid(rows: Sequence[Sequence[Panel]], out_png: str | Path, title:
 
     Args:
         rows: rows of panels ``(title, image (H, W) float or uint8, overlay (h, w) in [0, 1] or None)``; an
-            image is shown min-max scaled, an overlay is resized to the image and drawn with alpha 0.4.
+            image is shown min-max scaled, an overlay is stretched over it, translucent where it is > 0.
         out_png: output path.
         title: figure title.
 
@@ -140,9 +140,9 @@ def plot_image_grid(rows: Sequence[Sequence[Panel]], out_png: str | Path, title:
             height, width = image.shape
             extent = (0, width, height, 0)
             ax.imshow(image, cmap="gray", extent=extent, interpolation="nearest")
-            if overlay is not None:
-                ax.imshow(np.asarray(overlay, dtype=np.float64), cmap="autumn", alpha=0.4, vmin=0, vmax=1,
-                          extent=extent, interpolation="bilinear")  # fmt: skip
+            if overlay is not None:  # zeros stay transparent so the image shows through
+                shown = np.ma.masked_less_equal(np.asarray(overlay, dtype=np.float64), 0.0)
+                ax.imshow(shown, cmap="autumn", alpha=0.45, vmin=0, vmax=1, extent=extent, interpolation="nearest")
             ax.set(xticks=[], yticks=[])
             ax.set_title(name, fontsize=8)
     if title:

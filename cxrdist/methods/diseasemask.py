@@ -72,8 +72,12 @@ class DiseaseMask(Method):
         size = int(self.recipe(stage).transforms.eval[-1]["size"])
         if size % RESNET_STRIDE:
             raise ValueError(f"diseasemask stage {stage}: input size {size} must be a multiple of {RESNET_STRIDE}")
-        return build_model("diseasemask", pretrained=self.model_cfg.pretrained, in_chans=self.in_chans(stage),
-                           mask_size=size // RESNET_STRIDE)  # fmt: skip
+        return build_model(
+            "diseasemask",
+            pretrained=self.model_cfg.pretrained,
+            in_chans=self.in_chans(stage),
+            mask_size=size // RESNET_STRIDE,
+        )
 
     def affine_extras(self, ctx: StageContext) -> dict[str, Any]:
         """The affine sidecar of the loader's split."""
@@ -106,7 +110,7 @@ class DiseaseMask(Method):
                 build("classify"),
                 forward=self.forward,
                 loader_extras=self.affine_extras,
-            ),  # fmt: skip
+            ),
         ]
         if self.options.use_masks:
             stages += [
@@ -118,7 +122,7 @@ class DiseaseMask(Method):
                     forward=self.forward,
                     init_from=self.init_retrain,
                     loader_extras=self.affine_extras,
-                ),  # fmt: skip
+                ),
             ]
         recipe = self.recipe(final)
         stages.append(

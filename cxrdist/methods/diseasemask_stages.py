@@ -15,6 +15,9 @@ and counts over its share; one all-reduce makes the result equal to a single-pro
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,19 +54,33 @@ def align_images(images: Tensor, params: Tensor, fill: Tensor) -> Tensor:
     return warp(images - fill, params.to(images.dtype)) + fill
 
 
-def alignment_loss(images: Tensor, params: Tensor, anchor: Tensor, anchor_feats: list[Tensor], features,
-                   fill: Tensor, kernel: int, euclidean: str, weight: float) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """kim2021 Eq. 9 per image, averaged over the batch: (L_e + weight · L_p, L_e, L_p).
+@dataclass
+class AlignmentLoss:
+    """kim2021 Eq. 9 against a fixed anchor: ``loss(images, params) -> (L_e + weight · L_p, L_e, L_p)``.
 
     φ(I) = B(G(warp(I))). L_e (Eq. 8): the per-pixel L2 norm (over channels) of A − φ(I), summed over the P×P
     pixels (``euclidean="sum"``, as printed) or averaged (``"mean"``). L_p (Eq. 7): Σ_s ‖F_s(A) − F_s(φ(I))‖_2
-    / (C_s H_s W_s) over the perceptual network's stages, norms non-squared as printed.
+    / (C_s H_s W_s) over the perceptual network's stages, norms non-squared as printed. Batch means.
     """
-    phi = smooth(align_images(images, params, fill), kernel)
-    pixel = (phi.float() - anchor).square().sum(dim=1).add(1e-12).sqrt().flatten(1)  # eps: finite grad at 0
-    le = pixel.sum(dim=1) if euclidean == "sum" else pixel.mean(dim=1)
-    lp = sum((f.float() - a.float()).flatten(1).norm(dim=1) / a[0].numel() for f, a in zip(features(phi), anchor_feats))
-    return (le + weight * lp).mean(), le.mean(), lp.mean()
+
+    anchor: Tensor  # (1, C, P, P), normalised like the images
+    features: Callable[[Tensor], list[Tensor]]  # conv2_x .. conv5_x of the perceptual network
+    fill: Tensor  # what the warp brings in from outside the image (black)
+    kernel: int = 16
+    euclidean: str = "mean"
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        with torch.no_grad():
+            self.anchor_feats = [f.float() for f in self.features(self.anchor)]
+
+    def __call__(self, images: Tensor, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        phi = smooth(align_images(images, params, self.fill), self.kernel)
+        pixel = (phi.float() - self.anchor).square().sum(dim=1).add(1e-12).sqrt().flatten(1)  # eps: grad at 0
+        le = pixel.sum(dim=1) if self.euclidean == "sum" else pixel.mean(dim=1)
+        feats = zip(self.features(phi), self.anchor_feats)
+        lp = sum((f.float() - a).flatten(1).norm(dim=1) / a[0].numel() for f, a in feats)
+        return (le + self.weight * lp).mean(), le.mean(), lp.mean()
 
 
 def compute_anchor(ctx: StageContext, method: DiseaseMask) -> np.ndarray:
@@ -92,48 +109,58 @@ def _perceptual_net(ctx: StageContext, method: DiseaseMask) -> torch.nn.Module:
     return net.eval().requires_grad_(False).to(ctx.env.device)
 
 
+def _save(ckpt_root: Path, step: int, strategy, loader, history: list, keep: int) -> None:
+    save_checkpoint(ckpt_root, step, strategy, {"loader": loader.state_dict(), "history": history}, keep)
+
+
 def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) -> tuple[torch.nn.Module, list]:
     """Train the alignment net (resuming from ``ckpt/``); return it (unwrapped, eval mode) and the epoch history."""
     cfg, env, opts, recipe = ctx.cfg, ctx.env, method.options, method.recipe("align")
     micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
     torch.manual_seed(cfg.seed)
     net = build_model("alignment", pretrained=method.model_cfg.pretrained, in_chans=recipe.transforms.channels)
-    optimizer = build_optimizer(net.parameters(), recipe.optim)
-    strategy = build_strategy("ddp", env, accum=accum, micro_batch=micro, precision=cfg.engine.precision,
-                              grad_clip=cfg.engine.grad_clip)  # fmt: skip
-    strategy.wrap(net, optimizer)
-    loader = ctx.make_loader(ctx.loader_spec(split="train", train=True, transforms=recipe.transforms, batch=micro,
-                                             accum=accum, max_steps=recipe.max_steps_per_epoch))  # fmt: skip
-    ckpt_root, step, history = ctx.stage_dir / "ckpt", 0, []
+    eng = cfg.engine
+    strategy = build_strategy(
+        "ddp", env, accum=accum, micro_batch=micro, precision=eng.precision, grad_clip=eng.grad_clip
+    )
+    strategy.wrap(net, build_optimizer(net.parameters(), recipe.optim))
+    spec = ctx.loader_spec(
+        split="train",
+        train=True,
+        transforms=recipe.transforms,
+        batch=micro,
+        accum=accum,
+        max_steps=recipe.max_steps_per_epoch,
+    )
+    loader, ckpt_root, step, history = ctx.make_loader(spec), ctx.stage_dir / "ckpt", 0, []
     if (path := latest_checkpoint(ckpt_root)) is not None:
         state = load_checkpoint(path, strategy)
         loader.load_state_dict(state["loader"])
         step, history = state["step"], state["history"]
-    perceptual, fill = _perceptual_net(ctx, method), black(recipe.transforms)
-    target = torch.from_numpy(anchor)[None].to(env.device)
-    with torch.no_grad():
-        anchor_feats = perceptual.stage_features(target)
+    loss_fn = AlignmentLoss(
+        torch.from_numpy(anchor)[None].to(env.device),
+        _perceptual_net(ctx, method).stage_features,
+        black(recipe.transforms),
+        opts.smooth_kernel,
+        opts.euclidean,
+        opts.perceptual_weight,
+    )
     while loader.epoch < recipe.epochs and len(loader):
         sums = torch.zeros(4, dtype=torch.float64, device=env.device)
         for batch in loader:
             with strategy.autocast():
-                params = strategy.model(batch["image"])
-                loss, le, lp = alignment_loss(batch["image"], params.float(), target, anchor_feats,
-                                              perceptual.stage_features, fill, opts.smooth_kernel, opts.euclidean,
-                                              opts.perceptual_weight)  # fmt: skip
+                loss, le, lp = loss_fn(batch["image"], strategy.model(batch["image"]).float())
             sums += torch.stack([loss.detach(), le.detach(), lp.detach(), torch.ones_like(loss)]).double()
             if strategy.backward(loss):
                 step += 1
-                if step % cfg.engine.ckpt_every_steps == 0:
-                    save_checkpoint(ckpt_root, step, strategy, {"loader": loader.state_dict(), "history": history},
-                                    cfg.engine.keep_last)  # fmt: skip
+                if step % eng.ckpt_every_steps == 0:
+                    _save(ckpt_root, step, strategy, loader, history, eng.keep_last)
         dist.all_reduce_sum(sums)
         means = (sums[:3] / sums[3].clamp_min(1)).tolist()  # over the micro-batches since this (re)start
         history.append({"epoch": loader.epoch - 1, "loss": means[0], "euclidean": means[1], "perceptual": means[2]})
         ctx.tracker.log({k: v for k, v in history[-1].items() if k != "epoch"}, step=step, prefix="align")
         logger.info("align epoch %d: loss %.5g (L_e %.5g, L_p %.5g)", loader.epoch - 1, *means)
-        save_checkpoint(ckpt_root, step, strategy, {"loader": loader.state_dict(), "history": history},
-                        cfg.engine.keep_last)  # fmt: skip
+        _save(ckpt_root, step, strategy, loader, history, eng.keep_last)
     return strategy.unwrap().eval(), history
 
 
@@ -157,13 +184,27 @@ def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
         spec = ctx.loader_spec(
             split=split, train=False, transforms=recipe.transforms, batch=ctx.cfg.loader.eval_batch_per_rank
         )
-        out[split] = fill_sidecar(ctx, ctx.stage_dir / split / "affine", ctx.make_loader(spec), compute,
-                                  shape=(5,), dtype="float32", kind="vector", notes=notes)  # fmt: skip
+        out[split] = fill_sidecar(
+            ctx,
+            ctx.stage_dir / split / "affine",
+            ctx.make_loader(spec),
+            compute,
+            shape=(5,),
+            dtype="float32",
+            kind="vector",
+            notes=notes,
+        )
     if ctx.env.is_main:
         _align_examples(ctx, method, net, anchor)
     dist.barrier()
-    return {"anchor": "anchor.npy", "anchor_images": min(opts.anchor_images, _num_normal(ctx)), "weights":
-            "alignment.pt", "sidecar": "{split}/affine", "history": history, "splits": out}  # fmt: skip
+    return {
+        "anchor": "anchor.npy",
+        "anchor_images": min(opts.anchor_images, _num_normal(ctx)),
+        "weights": "alignment.pt",
+        "sidecar": "{split}/affine",
+        "history": history,
+        "splits": out,
+    }
 
 
 def _num_normal(ctx: StageContext) -> int:
@@ -186,11 +227,18 @@ def _align_examples(ctx: StageContext, method: DiseaseMask, net, anchor: np.ndar
     rows = []
     for i, p in enumerate(params.cpu().tolist()):
         key = loader.reader.keys[int(batch["index"][i])]
-        rows.append([(f"{key} before", batch["image"][i, 0].cpu().numpy(), None),
-                     ("aligned " + ",".join(f"{v:.2f}" for v in p), aligned[i, 0].cpu().numpy(), None),
-                     ("B∘G(aligned)", smoothed[i, 0].cpu().numpy(), None), ("anchor", anchor[0], None)])  # fmt: skip
-    images = {"anchor": str(plot_image_grid([[("anchor", anchor[0], None)]], ctx.stage_dir / "anchor.png")),
-              "before_after": str(plot_image_grid(rows, ctx.stage_dir / "alignment.png", "alignment (val)"))}  # fmt: skip
+        rows.append(
+            [
+                (f"{key} before", batch["image"][i, 0].cpu().numpy(), None),
+                ("aligned " + ",".join(f"{v:.2f}" for v in p), aligned[i, 0].cpu().numpy(), None),
+                ("B∘G(aligned)", smoothed[i, 0].cpu().numpy(), None),
+                ("anchor", anchor[0], None),
+            ]
+        )
+    images = {
+        "anchor": str(plot_image_grid([[("anchor", anchor[0], None)]], ctx.stage_dir / "anchor.png")),
+        "before_after": str(plot_image_grid(rows, ctx.stage_dir / "alignment.png", "alignment (val)")),
+    }
     ctx.tracker.log_images(images, step=0, prefix="align")
 
 
@@ -200,8 +248,13 @@ def build_masks(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
     model = method.build_model("classify")
     load_model_weights(ctx.stage_path("classify", "best.pt"), model)
     model.eval().to(ctx.env.device)
-    spec = ctx.loader_spec(split="train", train=False, transforms=recipe.transforms,
-                           batch=ctx.cfg.loader.eval_batch_per_rank, **method.affine_extras(ctx))  # fmt: skip
+    spec = ctx.loader_spec(
+        split="train",
+        train=False,
+        transforms=recipe.transforms,
+        batch=ctx.cfg.loader.eval_batch_per_rank,
+        **method.affine_extras(ctx),
+    )
     sums = torch.zeros(k, *model.psi.shape[-2:], dtype=torch.float64, device=ctx.env.device)
     counts = torch.zeros(k, dtype=torch.float64, device=ctx.env.device)
     fill = black(recipe.transforms)
@@ -221,11 +274,27 @@ def build_masks(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
     if ctx.env.is_main:
         np.save(ctx.stage_dir / "masks.npy", psi.numpy())
         np.save(ctx.stage_dir / "mean_maps.npy", mean.numpy())
-        images = {c: str(plot_image_grid([[(f"{c}: mean N(L̄), n={int(counts[i])}", mean[i].numpy(), None),
-                                            ("ψ", psi[i].numpy(), None)]], ctx.stage_dir / "masks" / f"{c}.png"))
-                  for i, c in enumerate(BOX_CLASSES)}  # fmt: skip
+        anchor = np.load(ctx.stage_path("align", "anchor.npy"))[0]  # ψ drawn on the anchor, as in kim2021 Fig. 3
+        images = {
+            c: str(
+                plot_image_grid(
+                    [
+                        [
+                            (f"{c}: mean N(L̄), n={int(counts[i])}", mean[i].numpy(), None),
+                            ("ψ on the anchor", anchor, psi[i].numpy()),
+                        ]
+                    ],
+                    ctx.stage_dir / "masks" / f"{c}.png",
+                )
+            )
+            for i, c in enumerate(BOX_CLASSES)
+        }
         ctx.tracker.log_images(images, step=0, prefix="masks")
     dist.barrier()
-    return {"masks": "masks.npy", "mean_maps": "mean_maps.npy", "classes": list(BOX_CLASSES),
-            "kept_maps": dict(zip(BOX_CLASSES, counts.cpu().long().tolist())),
-            "mask_area": dict(zip(BOX_CLASSES, psi.mean(dim=(1, 2)).tolist()))}  # fmt: skip
+    return {
+        "masks": "masks.npy",
+        "mean_maps": "mean_maps.npy",
+        "classes": list(BOX_CLASSES),
+        "kept_maps": dict(zip(BOX_CLASSES, counts.cpu().long().tolist())),
+        "mask_area": dict(zip(BOX_CLASSES, psi.mean(dim=(1, 2)).tolist())),
+    }

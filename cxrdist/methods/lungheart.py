@@ -64,8 +64,13 @@ class LungHeart(Method):
     def build_model(self, stage: str) -> torch.nn.Module:
         """The classifier of ``stage``."""
         m = self.model_cfg
-        return build_model("lungheart", pretrained=m.pretrained, in_chans=self.in_chans(stage),
-                           multiscale=m.multiscale, use_mask=m.use_mask)  # fmt: skip
+        return build_model(
+            "lungheart",
+            pretrained=m.pretrained,
+            in_chans=self.in_chans(stage),
+            multiscale=m.multiscale,
+            use_mask=m.use_mask,
+        )
 
     def loader_extras(self, ctx: StageContext) -> dict[str, Any]:
         """The masks sidecar of the loader's split (``{split}`` is filled in by the loader)."""

@@ -43,7 +43,7 @@ NAMES = tuple(s.replace(" ", "_") for s in STRUCTURES)  # left_lung, right_lung,
 
 
 def seg_root(ctx: StageContext, root: str | None) -> Path:
-    """The segmentation set: ``method.options.seg_root``, else the demo layout ``<data.root>/../phantom/segmentation``."""
+    """``method.options.seg_root``, else the demo layout ``<data.root>/../phantom/segmentation``."""
     return Path(root) if root else Path(ctx.cfg.data.root).parent / "phantom" / "segmentation"
 
 
@@ -107,7 +107,7 @@ def _train_epoch(strategy, sset, train: np.ndarray, recipe: Any, seed: int, epoc
                 logits = strategy.model(x.to(env.device))
             loss = soft_dice_loss(logits.float(), y.to(env.device))
             strategy.backward(loss)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -125,22 +125,36 @@ def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
     optimizer = build_optimizer(model.parameters(), recipe.optim)
     scheduler = build_scheduler(optimizer, recipe.schedule)
     # The U-Net always trains under DDP (a DeepSpeed engine buys nothing for 8M parameters).
-    strategy = build_strategy("ddp", env, accum=accum, micro_batch=micro, precision=cfg.engine.precision,
-                              grad_clip=cfg.engine.grad_clip)  # fmt: skip
+    strategy = build_strategy(
+        "ddp", env, accum=accum, micro_batch=micro, precision=cfg.engine.precision, grad_clip=cfg.engine.grad_clip
+    )
     strategy.wrap(model, optimizer)
     best, history = None, []
     for epoch in range(recipe.epochs):
         train_loss = _train_epoch(strategy, sset, train, recipe, cfg.seed, epoch, env)
-        m = dist.broadcast_object(evaluate_seg(strategy.unwrap(), sset, val, recipe.transforms, env.device,
-                                               cfg.loader.eval_batch_per_rank, opts.seg_threshold))  # fmt: skip
+        m = dist.broadcast_object(
+            evaluate_seg(
+                strategy.unwrap(),
+                sset,
+                val,
+                recipe.transforms,
+                env.device,
+                cfg.loader.eval_batch_per_rank,
+                opts.seg_threshold,
+            )
+        )
         step_scheduler(scheduler, {"train_loss": train_loss, **m})
         history.append({"epoch": epoch, "train_loss": train_loss, **m})
         if best is None or m["val_loss"] < best["val_loss"]:  # "the model with the smallest loss was saved"
             best = history[-1]
             if env.is_main:
                 save_model_weights(ctx.stage_dir / "best.pt", strategy.unwrap(), {"epoch": epoch, **m})
-        ctx.tracker.log({"train_loss": train_loss, "val_loss": m["val_loss"]}
-                        | {f"val_dice/{k}": v for k, v in m["val_dice"].items()}, step=epoch, prefix="seg")  # fmt: skip
+        ctx.tracker.log(
+            {"train_loss": train_loss, "val_loss": m["val_loss"]}
+            | {f"val_dice/{k}": v for k, v in m["val_dice"].items()},
+            step=epoch,
+            prefix="seg",
+        )
         logger.info("seg epoch %d: train %.4f, val %.4f, Dice %s", epoch, train_loss, m["val_loss"], m["val_dice"])
     dist.barrier()
     if best is None:
@@ -148,10 +162,19 @@ def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
     if env.is_main:
         _seg_examples(ctx, sset, val[: opts.examples], recipe.transforms, opts)
     dist.barrier()
-    return {"weights": "best.pt", "best_epoch": best["epoch"], "val_loss": best["val_loss"],
-            "val_dice": best["val_dice"], "val_dice_mean_shape_baseline": _mean_shape_dice(sset, train, val,
-            recipe.transforms), "num_train": len(train), "num_val": len(val), "history": history,
-            "seg_root": str(seg_root(ctx, opts.seg_root)), "micro_batch": micro, "accum": accum}  # fmt: skip
+    return {
+        "weights": "best.pt",
+        "best_epoch": best["epoch"],
+        "val_loss": best["val_loss"],
+        "val_dice": best["val_dice"],
+        "val_dice_mean_shape_baseline": _mean_shape_dice(sset, train, val, recipe.transforms),
+        "num_train": len(train),
+        "num_val": len(val),
+        "history": history,
+        "seg_root": str(seg_root(ctx, opts.seg_root)),
+        "micro_batch": micro,
+        "accum": accum,
+    }
 
 
 def _seg_examples(ctx: StageContext, sset, indices: np.ndarray, transforms: Any, opts: Any) -> None:
@@ -162,8 +185,10 @@ def _seg_examples(ctx: StageContext, sset, indices: np.ndarray, transforms: Any,
     with torch.no_grad():
         pred = union_mask(model.eval()(x), opts.seg_threshold)[:, 0]
     grey = x[:, 0].numpy()
-    rows = [[(f"{sset.names[i]} truth", grey[n], y[n].amax(0).numpy()), ("U-Net", grey[n], pred[n].numpy())]
-            for n, i in enumerate(indices)]  # fmt: skip
+    rows = [
+        [(f"{sset.names[i]} truth", grey[n], y[n].amax(0).numpy()), ("U-Net", grey[n], pred[n].numpy())]
+        for n, i in enumerate(indices)
+    ]
     path = plot_image_grid(rows, ctx.stage_dir / "examples.png", "U-Net union mask (held-out JSRT/SCR)")
     ctx.tracker.log_images({"examples": str(path)}, step=0, prefix="seg")
 
@@ -181,14 +206,25 @@ def write_masks(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
         union = union_mask(logits.float(), opts.seg_threshold)
         return F.adaptive_avg_pool2d(union, size)[:, 0].cpu().numpy()  # area fraction: the mask stays fractional
 
-    notes = {"what": "fang2021 M_g: union of U-Net left lung, right lung, heart (threshold "
-             f"{opts.seg_threshold}), area fraction over the whole stored frame at {size}x{size}"}  # fmt: skip
+    notes = {
+        "what": "fang2021 M_g: union of U-Net left lung, right lung, heart (threshold "
+        f"{opts.seg_threshold}), area fraction over the whole stored frame at {size}x{size}"
+    }
     out = {}
     for split in sidecar_splits(ctx):
-        spec = ctx.loader_spec(split=split, train=False, transforms=recipe.transforms,
-                               batch=ctx.cfg.loader.eval_batch_per_rank)  # fmt: skip
-        out[split] = fill_sidecar(ctx, ctx.stage_dir / split / "mask", ctx.make_loader(spec), compute,
-                                  shape=(size, size), dtype="float16", kind="image", notes=notes)  # fmt: skip
+        spec = ctx.loader_spec(
+            split=split, train=False, transforms=recipe.transforms, batch=ctx.cfg.loader.eval_batch_per_rank
+        )
+        out[split] = fill_sidecar(
+            ctx,
+            ctx.stage_dir / split / "mask",
+            ctx.make_loader(spec),
+            compute,
+            shape=(size, size),
+            dtype="float16",
+            kind="image",
+            notes=notes,
+        )
     if ctx.env.is_main:
         _mask_examples(ctx, opts.examples)
     dist.barrier()
@@ -206,7 +242,9 @@ def _mask_examples(ctx: StageContext, count: int) -> None:
 
     reader = ShardReader(ctx.cfg.data.root, "train")
     side = Sidecar(ctx.stage_dir / "train" / "mask", reader.keys)
-    rows = [[(reader.keys[i], np.asarray(Image.open(BytesIO(reader.jpeg(i))).convert("L")), side.rows([i])[0])]
-            for i in range(min(count, len(reader)))]  # fmt: skip
+    rows = [
+        [(reader.keys[i], np.asarray(Image.open(BytesIO(reader.jpeg(i))).convert("L")), side.rows([i])[0])]
+        for i in range(min(count, len(reader)))
+    ]
     path = plot_image_grid([sum(rows, [])], ctx.stage_dir / "examples.png", "union lung/heart masks (train)")
     ctx.tracker.log_images({"examples": str(path)}, step=0, prefix="masks")

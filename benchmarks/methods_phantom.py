@@ -1,0 +1,170 @@
+"""Learning check: every registered method trained on the same phantom with the same small budget.
+
+Each method in ``cxrdist.methods.list_methods()`` runs end to end through its own stages (``cxrdist.job.run_local``)
+on one phantom ChestX-ray14 drawn at the phantom's default difficulty, without ImageNet weights. Only the budget
+is reduced, through config overrides that are printed: every training stage gets ``--epochs`` epochs at global
+batch ``--batch``, and each recipe's transforms are scaled so that its network input is ``--size`` px (every op's
+``size`` and ``max_shift`` times size / recipe size, so each method keeps its own augmentation and interpolation).
+Anything else a method needs on the phantom goes into :data:`METHOD_OVERRIDES`, with the reason.
+
+Printed table: method, test mean AUROC, localization accuracy at T(IoU) = 0.3 (kim2021 protocol, the 'best'
+threshold variant, mean over the box classes, from the eval stage's ``bbox/metrics.json``) and wall time.
+The goal is a mean AUROC of at least 0.7 for every method.
+
+Run: ``.venv/bin/python benchmarks/methods_phantom.py --phantom-images 400 --size 32 --epochs 3
+--methods chexnet,dcnn,ma,cral,amdensenet --out runs/methods_phantom`` (``--shards DIR`` reuses shards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Run as a plain script from a checkout where cxrdist is not installed into the venv.
+if str(Path(__file__).resolve().parents[1]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cxrdist.config import compose  # noqa: E402
+from cxrdist.job import run_local  # noqa: E402
+from cxrdist.methods import list_methods  # noqa: E402
+
+KIM_T = "0.3"
+# Overrides every method gets (no W&B, no loader workers on 2 cores, one overlay per box class).
+COMMON = ["logger=none", "loader.workers=0", "eval.heatmap_examples=1"]
+# Method-specific phantom settings on top of the common budget: add a method here only with the reason.
+METHOD_OVERRIDES: dict[str, list[str]] = {}
+
+
+def make_shards(out: Path, num_images: int, size: int, difficulty: float, workers: int) -> Path:
+    """Draw the phantom and write its shards (stored at ``size`` px) under ``out``; reuse complete ones."""
+    from cxrdist.data.phantom import make_phantom
+    from cxrdist.data.writer import WriterConfig, write_dataset
+
+    phantom, shards = out / "phantom", out / "shards"
+    if not (phantom / "phantom.json").is_file():
+        make_phantom(phantom, num_images=num_images, size=size, seed=0, difficulty=difficulty, workers=workers)
+    cfg = WriterConfig(nih_root=str(phantom), out=str(shards), size=size, samples_per_shard=250, workers=workers)
+    info = write_dataset(cfg, progress=False)
+    print("shards:", ", ".join(f"{s} {i['num_samples']}" for s, i in info.items()), f"({size} px) → {shards}")
+    return shards
+
+
+def scale_ops(ops: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    """The recipe's ops with every ``size``/``max_shift`` scaled so that the last size becomes ``size``."""
+    sizes = [op["size"] for op in ops if "size" in op]
+    if not sizes:
+        return ops
+    ratio = size / sizes[-1]
+    out = []
+    for op in ops:
+        op = dict(op)
+        if "size" in op:
+            op["size"] = max(round(op["size"] * ratio), 1)
+        if "max_shift" in op:
+            op["max_shift"] = max(round(op["max_shift"] * ratio), 1)
+        out.append(op)
+    return out
+
+
+def _hydra(value: Any) -> str:
+    """A Python list/dict/scalar as a Hydra override value."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_hydra(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_hydra(v) for v in value) + "]"
+    return str(value)
+
+
+def budget_overrides(method: str, args: argparse.Namespace) -> list[str]:
+    """The overrides that turn ``method``'s paper recipe into the benchmark's budget."""
+    cfg = compose([f"method={method}", "data.root=/unused"])
+    out = list(COMMON)
+    if "pretrained" in cfg.method.model:
+        out.append("method.model.pretrained=false")
+    for stage, recipe in cfg.method.stages.items():
+        key = f"method.stages.{stage}"
+        out += [f"{key}.epochs={args.epochs}", f"{key}.global_batch={args.batch}", f"{key}.max_steps_per_epoch=null"]
+        for part in ("train", "eval"):
+            ops = [dict(o) for o in recipe.transforms[part]]
+            out.append(f"{key}.transforms.{part}={_hydra(scale_ops(ops, args.size))}")
+    return out + METHOD_OVERRIDES.get(method, [])
+
+
+def _eval_dir(run_dir: Path) -> Path:
+    """The stage dir of the method's final evaluation (the last one with test metrics)."""
+    found = sorted(p.parent.parent for p in (run_dir / "stages").glob("*/test/metrics.json"))
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no stage wrote test/metrics.json")
+    return found[-1]
+
+
+def run_method(method: str, shards: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Train and evaluate one method from scratch; return its table row."""
+    overrides = budget_overrides(method, args)
+    print(f"\n=== {method} ===\n  " + "\n  ".join(overrides), flush=True)
+    run_dir = out / "runs" / method
+    shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark times a fresh run, never a resumed one
+    cfg = compose([f"method={method}", f"data.root={shards}", f"run_dir={run_dir}", *overrides])
+    t0 = time.perf_counter()
+    run_local(cfg, nproc=args.nproc)
+    wall = time.perf_counter() - t0
+    ev = _eval_dir(run_dir)
+    test = json.loads((ev / "test" / "metrics.json").read_text())
+    bbox = json.loads((ev / "bbox" / "metrics.json").read_text())
+    loc = bbox["localization"]["kim"]["best"][KIM_T]["mean_over_classes"]
+    row = {"method": method, "test_auroc_mean": test["auroc"]["mean"], "loc_acc_iou0.3": loc, "wall_s": wall}
+    print(f"  → test mean AUROC {row['test_auroc_mean']}, loc acc@0.3 {loc}, {wall:.0f} s", flush=True)
+    return row
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """The results as a Markdown table."""
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print("\n| method | test mean AUROC | loc. acc. T(IoU)=0.3 (kim, best, class mean) | wall time |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {fmt(r['test_auroc_mean'])} | {fmt(r['loc_acc_iou0.3'])} | {r['wall_s']:.0f} s |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, build the data, run every method, print the table."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--phantom-images", type=int, default=400)
+    p.add_argument("--phantom-size", type=int, default=64, help="phantom PNG and stored shard side")
+    p.add_argument("--difficulty", type=float, default=0.5, help="phantom difficulty (0.5: its default)")
+    p.add_argument("--size", type=int, default=32, help="network input side (every recipe scaled to it)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of every training stage")
+    p.add_argument("--batch", type=int, default=16, help="global batch of every training stage")
+    p.add_argument("--methods", default=",".join(list_methods()), help="comma-separated (default: all registered)")
+    p.add_argument("--out", type=Path, default=Path("runs/methods_phantom"))
+    p.add_argument("--shards", type=Path, help="existing shard root (skips the phantom)")
+    p.add_argument("--nproc", type=int, default=1, help="processes per method run")
+    p.add_argument("--workers", type=int, default=2, help="phantom/shard writer processes")
+    args = p.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(list_methods()))
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; registered: {list_methods()}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    shards = args.shards or make_shards(args.out, args.phantom_images, args.phantom_size, args.difficulty, args.workers)
+    print(f"budget: {args.epochs} epoch(s) per training stage, global batch {args.batch}, {args.size} px inputs, "
+          f"no ImageNet weights, {args.nproc} process(es)")  # fmt: skip
+    rows = [run_method(m, shards, args.out, args) for m in methods]
+    print_table(rows)
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "rows": rows}, indent=1) + "\n")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
