@@ -8,7 +8,10 @@ Goal (task brief): ≤ 2 s for both on 2 CPU cores, judged on the median of ``--
 Run: ``.venv/bin/python benchmarks/evaluator.py [--num-samples N] [--num-boxes B] [--size S] [--compare-size C]``
 (e.g. ``--size 7 --compare-size 224`` for raw 7×7 CAMs; ``--compare-size 1024`` is ~25× slower per heatmap).
 Wall time is measured without tracemalloc; the peak allocation comes from one extra traced run.
-The gather cost at world size 2 vs 1 is to be added here later.
+Gather cost: ``cxrdist.eval.predict.gather_to_main`` of the split's (index, logits) rows, each rank holding the
+indices the eval sampler gives it (rank r: r, r+W, ...), timed in this process (world 1: no collective, only the
+placing) and on rank 0 of 2 spawned gloo processes (world 2: ``all_gather_object`` + placing); medians of
+``--gather-repeat`` calls, ratio world 2 / world 1 (``--gather-repeat 0`` skips it).
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from scipy.stats import norm
 if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cxrdist import dist  # noqa: E402
 from cxrdist.eval.classification import auroc_per_class  # noqa: E402
 from cxrdist.eval.localization import evaluate_localization  # noqa: E402
+from cxrdist.eval.predict import gather_to_main  # noqa: E402
 from cxrdist.labels import BOX_CLASSES, LABELS  # noqa: E402
 
 GOAL_S = 2.0
@@ -93,6 +98,44 @@ def run_once(labels, scores, heatmaps, records, size: int) -> tuple[dict, dict]:
     return auroc, loc
 
 
+def time_gather(rank: int, world: int, port: int, num: int, repeat: int, out: str | None = None) -> list[float]:
+    """Seconds of each of ``repeat`` gather_to_main calls on this rank (rank 0 writes them to ``out``)."""
+    if world > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        dist.init(dist.DistEnv(rank=rank, world_size=world, local_rank=rank, local_world_size=world, master_port=port))
+    rng = np.random.default_rng(rank)
+    index = np.arange(rank, num, world, dtype=np.int64)  # the eval sampler's share of this rank
+    local = {"index": index, "logits": rng.standard_normal((len(index), len(LABELS))).astype(np.float32)}
+    times = []
+    for _ in range(repeat):
+        dist.barrier()
+        t0 = time.perf_counter()
+        placed = gather_to_main(local, num)
+        times.append(time.perf_counter() - t0)
+    if rank == 0:
+        assert placed is not None and placed["logits"].shape == (num, len(LABELS))
+        if out:
+            Path(out).write_text(" ".join(map(str, times)))
+    dist.shutdown()
+    return times
+
+
+def gather_cost(num: int, repeat: int) -> tuple[float, float]:
+    """Median gather_to_main seconds at world 1 (this process) and world 2 (rank 0 of 2 spawned gloo ranks)."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    from cxrdist.job import free_port
+
+    one = statistics.median(time_gather(0, 1, 0, num, repeat))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "times.txt")
+        mp.start_processes(time_gather, args=(2, free_port(), num, repeat, out), nprocs=2, start_method="spawn")
+        two = statistics.median(float(t) for t in Path(out).read_text().split())
+    return one, two
+
+
 def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
@@ -106,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare-size", type=int, default=None, help="comparison size (default: --size)")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gather-repeat", type=int, default=5, help="timed gather_to_main calls (0: skip)")
     args = parser.parse_args(argv)
     compare = args.compare_size or args.size
 
@@ -153,6 +197,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{loc['fang']['60']['mean_over_classes']:.4f}; kim acc@0.3 (>60) mean over classes "
         f"{loc['kim']['60']['0.3']['mean_over_classes']:.4f}"
     )
+    if args.gather_repeat > 0:
+        one, two = gather_cost(args.num_samples, args.gather_repeat)
+        print(
+            f"gather_to_main of {args.num_samples} x {len(LABELS)} float32 logits (median of {args.gather_repeat}): "
+            f"world 1 {one * 1e3:.1f} ms, world 2 (gloo, rank 0) {two * 1e3:.1f} ms, ratio 2/1 {two / one:.2f}"
+        )
 
 
 if __name__ == "__main__":

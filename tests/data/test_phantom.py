@@ -28,6 +28,7 @@ from cxrdist.data.phantom_draw import draw_radiograph
 from cxrdist.labels import BOX_CLASSES, LABEL_INDEX, normalize_label
 
 SIZE = 64  # the session phantom's size (tests/conftest.py)
+PHANTOM_IMAGES = 310  # and its number of images
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_layout_rows_splits_and_patients(phantom_root: Path, meta: Metadata):
     entry = _lines(phantom_root / DATA_ENTRY)
     assert entry[0] == meta.header and len(entry[0].split(",")) == 11
     names = [line.split(",")[0] for line in entry[1:]]
-    assert len(names) == len(set(names)) == 300
+    assert len(names) == len(set(names)) == PHANTOM_IMAGES
     assert entry[1:] == [meta.rows[n] for n in names]  # the real rows, verbatim
     assert sorted(p.name for p in (phantom_root / "images").iterdir()) == sorted(names)
     tv, te = _lines(phantom_root / TRAIN_VAL_LIST), _lines(phantom_root / TEST_LIST)
@@ -83,7 +84,7 @@ def test_test_split_has_every_box_class(phantom_root: Path):
     assert set(per_class) == set(BOX_CLASSES)
     summary = json.loads((phantom_root / "phantom.json").read_text())
     assert summary["box_images"] == {c: len(per_class[c]) for c in BOX_CLASSES}
-    assert summary["images"] == 300 and summary["test"] == len(test) and summary["size"] == SIZE
+    assert summary["images"] == PHANTOM_IMAGES and summary["test"] == len(test) and summary["size"] == SIZE
 
 
 def test_pngs_are_8bit_gray(phantom_root: Path):

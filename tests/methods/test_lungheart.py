@@ -160,13 +160,13 @@ def test_unet_beats_a_constant_mask(shard_root: Path, phantom_root: Path, tmp_pa
 
 
 def test_ablations_compose():
-    cfg = compose(["method=lungheart", "data.root=/x", "method.model.use_mask=false"])
+    cfg = compose(["method=lungheart", "data.root=/x", "method.model.use_mask=false", "method.model.pretrained=false"])
     method = get_method("lungheart")(cfg)
     assert [s.name for s in method.stages()] == ["classify", "eval"]
     model = method.build_model("classify").eval()
     with pytest.raises(ValueError, match="use_mask=False but a mask was passed"):
         model(torch.zeros(1, 3, 64, 64), mask=torch.ones(1, 1, 64, 64))
-    cfg = compose(["method=lungheart", "data.root=/x", "method.model.multiscale=false"])
+    cfg = compose(["method=lungheart", "data.root=/x", "method.model.multiscale=false", "method.model.pretrained=false"])
     assert isinstance(get_method("lungheart")(cfg).build_model("classify").input_attention, torch.nn.Identity)
 
 
