@@ -224,5 +224,6 @@ def main(argv: list[str] | None = None) -> None:
     verdict = "MET" if worst <= GOAL else "MISSED"
     print(f"\ngoal: bare / engine <= {GOAL} for every engine variant -> worst {worst:.3f} {verdict}")
 
+
 if __name__ == "__main__":
     main()

@@ -103,6 +103,8 @@ def child(args: argparse.Namespace) -> None:
     from cxrdist.data.reader import ShardReader
 
     torch.manual_seed(0)
+    kib = 1.0 / 1024.0
+    children_at_start = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib  # `import torch` forks ldconfig
     if args.child == "c":
         loader = _baseline_loader(args, ShardReader(args.shards, "train").keys)
     else:
@@ -118,9 +120,8 @@ def child(args: argparse.Namespace) -> None:
         for batch in it if epoch == 0 else loader:
             images += len(batch["image"] if isinstance(batch, dict) else batch[0])
     dt = time.perf_counter() - t0
-    kib = 1.0 / 1024.0
     print(json.dumps({
-        "images": images, "seconds": dt, "shape": shape,
+        "images": images, "seconds": dt, "shape": shape, "rss_children_at_start_mib": children_at_start,
         "rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
         "rss_children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib,
     }))  # fmt: skip
@@ -181,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
         rss_s, rss_c = max(r["rss_self_mib"] for r in v), max(r["rss_children_mib"] for r in v)
         print(f"({k}) {KINDS[k]:32s} {med[k]:14.1f} {min(rates):8.1f} {max(rates):8.1f} {med[k] / med['c']:7.2f} "
               f"{rss_s:10.0f} MiB {rss_c:10.0f} MiB")  # fmt: skip
+    floor = max((r["rss_children_at_start_mib"] for v in runs.values() for r in v), default=0.0)
+    print(f"largest child: ru_maxrss of the biggest reaped child; {floor:.0f} MiB of it is already there before the "
+          "loader starts (`ldconfig -p`, forked by `import torch` from the grown parent)")  # fmt: skip
     ratio = med["a"] / med["c"]
     print(f"\ngoal: (a) DALI >= {GOAL:.0f}x (c) baseline -> {ratio:.2f}x {'MET' if ratio >= GOAL else 'MISSED'}")
 

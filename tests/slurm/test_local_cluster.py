@@ -313,7 +313,7 @@ def test_train_sbatch_template_runs_torchrun_on_both_nodes(cluster: Cluster, tmp
     ranks = re.findall(r"rank=(\d)/2 node=(n\d) sum=3 args=(.*)", text)
     assert sorted(r for r, _, _ in ranks) == ["0", "1"], text
     assert sorted(n for _, n, _ in ranks) == ["n1", "n2"], text
-    run_dir = f"runs/cxrdist-{job_id}"
+    run_dir = "runs/cxrdist"  # the job name: a resubmission finds the same run dir
     assert {a for _, _, a in ranks} == {f"run_dir={run_dir} method=chexnet trainer.max_steps=3"}, text
     assert (tmp_path / run_dir).is_dir()
 

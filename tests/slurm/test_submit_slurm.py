@@ -126,3 +126,43 @@ def test_sharding_array_matches_single_process(
         got = json.loads((tmp_path / "s" / split / "_info.json").read_text())["shards"]
         want = json.loads((shard_root / split / "_info.json").read_text())["shards"]
         assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
+
+
+def test_train_sbatch_runs_cxrdist_train(cluster: Cluster, shard_root: Path, tmp_path: Path):  # noqa: F811
+    """The srun + torchrun template (no submitit) trains and evaluates chexnet on both nodes."""
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "sbatch-run"
+    overrides = [
+        "method=chexnet",
+        f"data.root={shard_root}",
+        "logger=none",
+        *[o for o in TINY if not o.startswith("method.stages.train.epochs")],
+        "method.stages.train.epochs=1",
+    ]
+    env = {**cluster.env, "PYTHON": sys.executable, "RUN_DIR": str(run), "GLOO_SOCKET_IFNAME": "lo"}
+    out = tmp_path / "train.out"
+    proc = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--wait",
+            "--nodes=2",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--partition=debug",
+            "--time=15",
+            "-o",
+            str(out),
+            "--chdir",
+            str(tmp_path),
+            str(repo / "slurm" / "train.sbatch"),
+            *overrides,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, f"{proc.stderr}\n{out.read_text() if out.exists() else ''}"
+    done = json.loads((run / "stages" / "01_eval" / "DONE.json").read_text())
+    assert done["world_size"] == 2

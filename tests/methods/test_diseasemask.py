@@ -1,0 +1,195 @@
+"""diseasemask (kim2021): the align stage (anchor, identity sidecar, loss recovers a known affine), CAMs warped
+back to the original frame, the masks stage (distributed = single process), retraining from the masks, and the
+whole method through run_local at world sizes 1 and 2 with a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrdist.config import compose
+from cxrdist.data.reader import ShardReader
+from cxrdist.data.sidecar import Sidecar
+from cxrdist.dist import DistEnv
+from cxrdist.engine.checkpoint import save_model_weights
+from cxrdist.engine.pipeline import read_done, stage_dirs
+from cxrdist.engine.stages import StageContext
+from cxrdist.job import run_local
+from cxrdist.log import Tracker
+from cxrdist.methods import get_method
+from cxrdist.methods.diseasemask_stages import AlignmentLoss, build_masks, run_align
+from cxrdist.models.alignment import warp, warp_maps_back
+from cxrdist.models.base import Classifier
+
+FRAME = "[{op: resize, size: 64}]"
+SPLITS = ("train", "val", "test", "bbox")
+IDENTITY = [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def dm_cfg(shards: Path, run_dir: Path, *extra: str):
+    """diseasemask at 64 px (2×2 CAMs), one epoch of one step per training stage; every CAM enters the masks."""
+    stages = []
+    for s in ("perceptual", "align", "classify", "retrain"):
+        stages += [f"method.stages.{s}.epochs=1", f"method.stages.{s}.global_batch=4",
+                   f"method.stages.{s}.max_steps_per_epoch=1", f"method.stages.{s}.transforms.train={FRAME}",
+                   f"method.stages.{s}.transforms.eval={FRAME}"]  # fmt: skip
+    return compose(
+        [
+            "method=diseasemask",
+            f"data.root={shards}",
+            f"run_dir={run_dir}",
+            "logger=none",
+            "loader.workers=0",
+            "loader.eval_batch_per_rank=16",
+            "eval.heatmap_examples=1",
+            "method.model.pretrained=false",
+            "method.options.anchor_images=16",
+            "method.options.examples=2",
+            "method.options.min_cam_prob=0.0",  # an untrained net never reaches P_c >= 0.8: keep every map
+            *stages,
+            *extra,
+        ]
+    )
+
+
+def stage_ctx(cfg, stage: str, dirs: dict[str, Path] | None = None) -> tuple[StageContext, object]:
+    """A single-process context for running one stage function in this process."""
+    method = get_method("diseasemask")(cfg)
+    ctx = StageContext(cfg=cfg, run_dir=Path(cfg.run_dir), env=DistEnv(), tracker=Tracker())
+    ctx.stage_dirs = dirs or stage_dirs(Path(cfg.run_dir), method.stages())
+    ctx.stage_dir = ctx.stage_dirs[stage]
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    return ctx, method
+
+
+@pytest.fixture(scope="module")
+def dm_run(shard_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_local(dm_cfg(shard_root, tmp_path_factory.mktemp("diseasemask") / "run"), nproc=1)
+
+
+def test_end_to_end_writes_every_stage_and_restart_skips_them(dm_run: Path, shard_root: Path):
+    names = ["00_perceptual", "01_align", "02_classify", "03_masks", "04_retrain", "05_eval"]
+    assert sorted(p.name for p in (dm_run / "stages").iterdir()) == names
+    stages = dm_run / "stages"
+    for png in ("01_align/anchor.png", "01_align/alignment.png", "03_masks/masks/Cardiomegaly.png"):
+        assert (stages / png).stat().st_size > 0, png
+    assert len(list((stages / "03_masks" / "masks").glob("*.png"))) == 8
+    assert list((stages / "05_eval" / "bbox" / "heatmaps").glob("*.png"))
+    align = read_done(stages / "01_align")["outputs"]
+    assert align["history"][0]["euclidean"] > 0 and align["history"][0]["perceptual"] > 0
+    for split in SPLITS:
+        keys = ShardReader(shard_root, split).keys
+        side = Sidecar(stages / "01_align" / split / "affine", keys)
+        assert side.kind == "vector" and side.array.shape == (len(keys), 5) and np.isfinite(side.array).all()
+    before = {n: (stages / n / "DONE.json").read_bytes() for n in names}
+    run_local(dm_cfg(shard_root, dm_run), nproc=1)  # a restart: every stage is done
+    assert {n: (stages / n / "DONE.json").read_bytes() for n in names} == before
+
+
+def test_retrain_starts_from_classify_with_the_masks(dm_run: Path, shard_root: Path):
+    ctx, method = stage_ctx(dm_cfg(shard_root, dm_run), "retrain")
+    model = method.build_model("retrain")
+    method.init_retrain(ctx, model)
+    masks = torch.from_numpy(np.load(dm_run / "stages" / "03_masks" / "masks.npy"))
+    assert masks.shape == (8, 2, 2) and set(masks.unique().tolist()) <= {0.0, 1.0} and masks.sum() > 0
+    torch.testing.assert_close(model.psi[:8], masks)
+    assert model.psi[8:].abs().sum() == 0  # ψ_c = 0 for the 6 classes without boxes (choice)
+    classify = torch.load(dm_run / "stages" / "02_classify" / "best.pt", weights_only=True)["model"]
+    torch.testing.assert_close(model.fc.weight.detach(), classify["fc.weight"])
+    retrained = torch.load(dm_run / "stages" / "04_retrain" / "best.pt", weights_only=True)["model"]
+    torch.testing.assert_close(retrained["psi"][:8], masks)  # the evaluated model carries ψ
+
+
+def test_align_stage_with_untrained_net_writes_identity_rows(shard_root: Path, tmp_path: Path):
+    cfg = dm_cfg(shard_root, tmp_path, "method.stages.align.epochs=0", "method.options.anchor_images=100000")
+    ctx, method = stage_ctx(cfg, "align")
+    perceptual = ctx.stage_dirs["perceptual"]
+    save_model_weights(perceptual / "best.pt", method.build_model("perceptual"), {})  # 0 steps: needs no training
+    out = run_align(ctx, method)
+    for split in SPLITS:
+        rows = Sidecar(ctx.stage_dir / split / "affine", ShardReader(shard_root, split).keys).array
+        assert np.array_equal(rows, np.tile(np.float32(IDENTITY), (len(rows), 1))), split
+    # the anchor is the mean of the (here: all) "No Finding" train images, normalised to [-1, 1]
+    loader = ctx.make_loader(ctx.loader_spec(split="train", train=False, transforms=method.recipe("align").transforms,
+                                             batch=16))  # fmt: skip
+    normal = [b["image"][b["labels"].sum(1) == 0] for b in loader]
+    expect = torch.cat(normal).double().mean(0).float().numpy()
+    np.testing.assert_allclose(np.load(ctx.stage_dir / "anchor.npy"), expect, atol=1e-5)
+    assert out["anchor_images"] == sum(len(n) for n in normal) and out["history"] == []
+
+
+def _blobs(size: int) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    img = torch.zeros(size, size)
+    for cx, cy, sx, sy in [(-0.35, -0.3, 0.18, 0.1), (0.3, -0.2, 0.1, 0.2), (0.0, 0.4, 0.25, 0.12)]:
+        img += torch.exp(-(((xs - cx) / sx) ** 2 + ((ys - cy) / sy) ** 2) / 2)
+    return img.view(1, 1, size, size)
+
+
+def test_stage_loss_recovers_a_known_affine():
+    anchor = _blobs(32)
+    truth = torch.tensor([[1.1, 0.92, 0.1, -0.08, 0.15]])
+    image = warp_maps_back(anchor, truth)  # image(q) = anchor(A⁻¹ q), so warp(image, truth) is the anchor
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+    loss_fn = AlignmentLoss(anchor, lambda x: [torch.relu(conv(x))], torch.zeros(1, 1, 1, 1), kernel=2)
+    params = torch.tensor([IDENTITY], requires_grad=True)
+    opt = torch.optim.Adam([params], lr=0.01)
+    for _ in range(300):
+        opt.zero_grad()
+        loss, le, lp = loss_fn(image, params)
+        loss.backward()
+        opt.step()
+    assert (params.detach() - truth).abs().max() < 0.03, params
+    assert le < 0.05 and lp >= 0
+
+
+class _ImageAsMaps(Classifier):
+    """A stub 'classifier' whose 14 maps are its (aligned) input image: the maps are easy to predict."""
+
+    num_classes = 14
+
+    def forward_with_maps(self, x):
+        maps = x[:, :1].expand(-1, 14, -1, -1)
+        return maps.mean((2, 3)), maps
+
+
+def test_eval_maps_are_warped_back_to_the_original_frame(shard_root: Path, tmp_path: Path):
+    _, method = stage_ctx(dm_cfg(shard_root, tmp_path), "eval")
+    image = torch.full((1, 3, 64, 64), -1.0)
+    image[..., 20:36, 12:30] = 1.0  # a bright box in the original frame
+    params = torch.tensor([[1.2, 0.85, 0.15, -0.1, 0.2]])
+    _, maps = method.maps(_ImageAsMaps(), {"image": image, "affine": params})
+    aligned = method.forward(_ImageAsMaps(), {"image": image, "affine": params})
+    assert maps.shape == (1, 14, 64, 64) and aligned.shape == (1, 14)
+    back, box = maps[0, 0] > 0, image[0, 0] > 0
+    assert (back & box).sum() / (back | box).sum() > 0.85  # the box lands where it was, not where it was aligned to
+    moved = warp(image[:, :1], params)[0, 0] > 0
+    assert (moved & box).sum() / (moved | box).sum() < 0.5  # (the aligned box itself is elsewhere)
+
+
+@pytest.mark.slow
+def test_two_ranks_end_to_end_and_masks_equal_one_process(shard_root: Path, tmp_path: Path):
+    run = run_local(dm_cfg(shard_root, tmp_path / "w2", "eval.heatmap_examples=0"), nproc=2)
+    assert read_done(run / "stages" / "03_masks")["world_size"] == 2
+    for split in SPLITS:
+        out = read_done(run / "stages" / "01_align")["outputs"]["splits"][split]
+        assert out["computed"] == out["rows"] == len(ShardReader(shard_root, split))
+    cfg = dm_cfg(shard_root, run)
+    dirs = stage_dirs(run, get_method("diseasemask")(cfg).stages()) | {"masks": tmp_path / "masks1"}
+    ctx, method = stage_ctx(cfg, "masks", dirs)
+    single = build_masks(ctx, method)
+    assert single["kept_maps"] == read_done(run / "stages" / "03_masks")["outputs"]["kept_maps"]
+    two = run / "stages" / "03_masks"
+    assert np.array_equal(np.load(ctx.stage_dir / "masks.npy"), np.load(two / "masks.npy"))
+    np.testing.assert_allclose(np.load(ctx.stage_dir / "mean_maps.npy"), np.load(two / "mean_maps.npy"), atol=1e-6)
+
+
+def test_without_masks_stops_after_classify():
+    cfg = compose(["method=diseasemask", "data.root=/x", "method.options.use_masks=false"])
+    assert [s.name for s in get_method("diseasemask")(cfg).stages()] == ["perceptual", "align", "classify", "eval"]
+    with pytest.raises(ValueError, match="only .* ops"):
+        get_method("diseasemask")(compose(["method=diseasemask", "data.root=/x",
+                                           "method.stages.classify.transforms.train=[{op: hflip}]"]))  # fmt: skip
