@@ -9,6 +9,7 @@ spawn, torchrun, Slurm/submitit): logging, process group, tracker, stages. ``Job
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -66,13 +67,13 @@ def method_stages(cfg) -> list:
     return get_method(cfg.method.name)(cfg).stages()
 
 
-def run_rank(cfg_dict: dict[str, Any], run_dir: str, stages_fn: Callable | None = None) -> dict[str, Any]:
-    """Run the method's stages (or ``stages_fn(cfg)``'s) on this process; called on every rank."""
+@contextlib.contextmanager
+def rank_session(cfg_dict: dict[str, Any], run_dir: str, tracker_config: dict[str, Any] | None = None):
+    """Logging, process group and tracker of one rank, torn down on exit; yields the StageContext."""
     import torch
 
     from cxrdist import dist
     from cxrdist.config import from_container
-    from cxrdist.engine.pipeline import run_stages
     from cxrdist.engine.stages import StageContext
     from cxrdist.log import build_tracker, setup_logging
 
@@ -90,20 +91,26 @@ def run_rank(cfg_dict: dict[str, Any], run_dir: str, stages_fn: Callable | None 
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         group=cfg.method.name,
-        config=cfg_dict,
+        config=tracker_config,
     )
     try:
-        ctx = StageContext(cfg=cfg, run_dir=Path(run_dir), env=env, tracker=tracker)
-        records = run_stages(ctx, (stages_fn or method_stages)(cfg))
+        yield StageContext(cfg=cfg, run_dir=Path(run_dir), env=env, tracker=tracker)
     finally:
         tracker.finish()
         dist.shutdown()
-    return {"rank": env.rank, "stages": list(records), "wandb_id": tracker.run_id}
 
 
-def _spawn_entry(
-    rank: int, world: int, port: int, cfg_dict: dict[str, Any], run_dir: str, stages_fn: Callable | None
-) -> None:
+def run_rank(cfg_dict: dict[str, Any], run_dir: str, stages_fn: Callable | None = None) -> dict[str, Any]:
+    """Run the method's stages (or ``stages_fn(cfg)``'s) on this process; called on every rank."""
+    from cxrdist.engine.pipeline import run_stages
+
+    with rank_session(cfg_dict, run_dir, tracker_config=cfg_dict) as ctx:
+        records = run_stages(ctx, (stages_fn or method_stages)(ctx.cfg))
+    return {"rank": ctx.env.rank, "stages": list(records), "wandb_id": ctx.tracker.run_id}
+
+
+def _local_rank_env(rank: int, world: int, port: int) -> None:
+    """The torchrun-style variables of local rank ``rank`` (one machine, loopback rendezvous)."""
     os.environ.update(
         {
             "RANK": str(rank),
@@ -116,6 +123,12 @@ def _spawn_entry(
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         }
     )
+
+
+def _spawn_entry(
+    rank: int, world: int, port: int, cfg_dict: dict[str, Any], run_dir: str, stages_fn: Callable | None
+) -> None:
+    _local_rank_env(rank, world, port)
     run_rank(cfg_dict, run_dir, stages_fn)
 
 
@@ -212,63 +225,31 @@ class Job:
 
 def _evaluate_rank(run_dir: str, splits: list[str], stage: str | None) -> None:
     """One rank of launch/evaluate.py: the method's final EvalStage with another checkpoint and splits."""
-    from cxrdist import dist
-    from cxrdist.config import load_config
-    from cxrdist.engine.pipeline import stage_dirs
-    from cxrdist.engine.stages import EvalStage, StageContext
-    from cxrdist.eval.evaluate import evaluate_model
-    from cxrdist.log import build_tracker, setup_logging
+    import dataclasses
 
-    env = dist.from_environment()
-    setup_logging(run_dir, env.rank)
+    from cxrdist.config import load_config, to_container
+    from cxrdist.engine.pipeline import stage_dirs
+    from cxrdist.engine.stages import EvalStage
+    from cxrdist.eval.evaluate import evaluate_model
+
     cfg = load_config(Path(run_dir) / "config.yaml")
     cfg.eval.splits = splits
-    dist.init(env)
-    stages = method_stages(cfg)
-    final = next((s for s in reversed(stages) if isinstance(s, EvalStage)), None)
-    if final is None:
-        raise ValueError(f"method {cfg.method.name} has no evaluation stage")
-    if stage is not None:
-        weights = stage_dirs(Path(run_dir), stages)[stage] / "best.pt"
-        final = EvalStage(
-            final.name,
-            final.build_model,
-            lambda ctx: weights,
-            final.transforms,
-            final.maps,
-            final.loader_extras,
-            final.published,
-        )
-    tracker = build_tracker(
-        cfg.logger.backend,
-        Path(run_dir),
-        is_main=env.is_main,
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
-        group=cfg.method.name,
-        config=None,
-    )
-    try:
-        ctx = StageContext(
-            cfg=cfg, run_dir=Path(run_dir), env=env, tracker=tracker, stage_dirs=stage_dirs(Path(run_dir), stages)
-        )
+    with rank_session(to_container(cfg), run_dir) as ctx:
+        stages = method_stages(ctx.cfg)
+        ctx.stage_dirs = stage_dirs(Path(run_dir), stages)
+        final = next((s for s in reversed(stages) if isinstance(s, EvalStage)), None)
+        if final is None:
+            raise ValueError(f"method {cfg.method.name} has no evaluation stage")
+        if stage is not None:
+            if stage not in ctx.stage_dirs:
+                raise ValueError(f"no stage {stage!r} in method {cfg.method.name} (stages: {list(ctx.stage_dirs)})")
+            weights = ctx.stage_dirs[stage] / "best.pt"
+            final = dataclasses.replace(final, weights=lambda c: weights)
         evaluate_model(ctx, final, out_root=Path(run_dir) / "eval")
-    finally:
-        tracker.finish()
-        dist.shutdown()
 
 
 def _spawn_eval(rank: int, world: int, port: int, run_dir: str, splits: list[str], stage: str | None) -> None:
-    os.environ.update(
-        {
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-    )
+    _local_rank_env(rank, world, port)
     _evaluate_rank(run_dir, splits, stage)
 
 
