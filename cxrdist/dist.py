@@ -8,6 +8,7 @@ jobs on one node do not collide. NCCL when CUDA is present, else gloo. The devic
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -39,14 +40,14 @@ class DistEnv:
         """True on global rank 0."""
         return self.rank == 0
 
-    @property
+    @functools.cached_property
     def device(self) -> torch.device:
         """The device this rank computes on: cuda:<local_rank> when CUDA is available, else the CPU."""
         if torch.cuda.is_available():
             return torch.device("cuda", self.local_rank % torch.cuda.device_count())
         return torch.device("cpu")
 
-    @property
+    @functools.cached_property
     def backend(self) -> str:
         """NCCL with CUDA, gloo without."""
         return "nccl" if torch.cuda.is_available() else "gloo"

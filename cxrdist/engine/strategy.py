@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -141,13 +143,16 @@ class DeepSpeedStrategy(Strategy):
             "gradient_accumulation_steps": self.accum,
             "train_batch_size": self.micro_batch * self.accum * self.env.world_size,
             "zero_optimization": {"stage": self.zero_stage},
+            # The recipes' torch SGD/Adam: ZeRO partitions any torch optimizer's state; DeepSpeed only lists its own.
+            "zero_allow_untested_optimizer": True,
             "bf16": {"enabled": self.dtype == torch.bfloat16},
             "gradient_clipping": float(self.grad_clip or 0.0),
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
+        _ensure_process_group(self.env)
         engine, opt, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=config, dist_init_required=self.env.world_size > 1
+            model=model, optimizer=optimizer, config=config, dist_init_required=False
         )
         self.model, self.optimizer, self._base_optimizer = engine, opt, optimizer
 
@@ -175,6 +180,19 @@ class DeepSpeedStrategy(Strategy):
         )
         if path is None:
             raise FileNotFoundError(f"{ckpt_dir / 'deepspeed'}: no DeepSpeed checkpoint")
+
+
+def _ensure_process_group(env: DistEnv) -> None:
+    """DeepSpeed needs a process group and LOCAL_RANK even for one process: make a 1-rank group on loopback."""
+    import torch.distributed as torch_dist
+
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+    if torch_dist.is_initialized():
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch_dist.init_process_group(env.backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
 def build_strategy(name: str, env: DistEnv, **kwargs: Any) -> Strategy:

@@ -162,14 +162,13 @@ class Trainer:
         """
         env, eng = self.ctx.env, self.ctx.cfg.engine
         due = env.is_main and (time.monotonic() - self._last_ckpt_time) / 60.0 >= eng.ckpt_every_minutes
-        finite = bool(torch.isfinite(loss).all())
-        t = torch.tensor(
-            [0.0 if finite else 1.0, 1.0 if due else 0.0, float(loss) if finite else 0.0],
-            dtype=torch.float64,
-            device=env.device,
-        )
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)
+        # Built on the device without host syncs; one .tolist() after the all-reduce reads all three.
+        t = torch.stack([(~finite).double(), torch.full_like(loss, float(due)), torch.where(finite, loss, 0.0)])
         dist.all_reduce_sum(t)
-        return bool(t[0] > 0), bool(t[1] > 0), float(t[2])
+        bad, due_any, loss_sum = t.tolist()
+        return bad > 0, due_any > 0, loss_sum
 
     def _progress(self):
         if not (self.ctx.env.is_main and self.ctx.cfg.engine.progress and sys.stderr.isatty()):

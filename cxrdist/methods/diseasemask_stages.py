@@ -31,7 +31,6 @@ from cxrdist.engine.optim import build_optimizer, derive_batch
 from cxrdist.engine.sidecar_writer import fill_sidecar, inference_autocast, sidecar_splits
 from cxrdist.engine.stages import StageContext
 from cxrdist.engine.strategy import build_strategy
-from cxrdist.eval.figures import plot_image_grid
 from cxrdist.labels import BOX_CLASSES
 from cxrdist.models import build_model
 from cxrdist.models.alignment import smooth, warp
@@ -215,6 +214,8 @@ def _num_normal(ctx: StageContext) -> int:
 
 def _align_examples(ctx: StageContext, method: DiseaseMask, net, anchor: np.ndarray) -> None:
     """anchor.png and alignment.png (val images: before, aligned, B∘G(aligned)); logged to the tracker (rank 0)."""
+    from cxrdist.eval.figures import plot_image_grid  # matplotlib: only when drawing
+
     recipe, opts = method.recipe("align"), method.options
     loader = ctx.make_loader(
         ctx.loader_spec(split="val", train=False, transforms=recipe.transforms, batch=opts.examples)
@@ -248,18 +249,15 @@ def build_masks(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
     model = method.build_model("classify")
     load_model_weights(ctx.stage_path("classify", "best.pt"), model)
     model.eval().to(ctx.env.device)
+    batch_size = ctx.cfg.loader.eval_batch_per_rank
     spec = ctx.loader_spec(
-        split="train",
-        train=False,
-        transforms=recipe.transforms,
-        batch=ctx.cfg.loader.eval_batch_per_rank,
-        **method.affine_extras(ctx),
+        split="train", train=False, transforms=recipe.transforms, batch=batch_size, **method.affine_extras(ctx)
     )
     sums = torch.zeros(k, *model.psi.shape[-2:], dtype=torch.float64, device=ctx.env.device)
     counts = torch.zeros(k, dtype=torch.float64, device=ctx.env.device)
     fill = black(recipe.transforms)
     with torch.no_grad():
-        for batch in ctx.make_loader(spec):
+        for batch in ctx.make_loader(spec):  # this rank's share of the train split
             with inference_autocast(ctx):
                 logits, cams = model.forward_with_maps(align_images(batch["image"], batch["affine"], fill))
             keep = torch.sigmoid(logits[:, :k].float()) >= opts.min_cam_prob  # Eq. 2 probability, §3.1 filter
@@ -267,29 +265,14 @@ def build_masks(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
                 keep &= batch["labels"][:, :k] > 0
             s, c = accumulate_disease_masks(cams[:, :k].float(), SYMMETRIC_BOX_CLASSES, keep)
             sums, counts = sums + s, counts + c
-    dist.all_reduce_sum(sums)
+    dist.all_reduce_sum(sums)  # sums and counts of disjoint shares add up: the single-process result
     dist.all_reduce_sum(counts)
     psi = finalize_disease_masks(sums, counts, opts.mask_threshold, opts.renormalize).cpu()
     mean = (sums / counts.clamp_min(1).view(-1, 1, 1)).float().cpu()
     if ctx.env.is_main:
         np.save(ctx.stage_dir / "masks.npy", psi.numpy())
         np.save(ctx.stage_dir / "mean_maps.npy", mean.numpy())
-        anchor = np.load(ctx.stage_path("align", "anchor.npy"))[0]  # ψ drawn on the anchor, as in kim2021 Fig. 3
-        images = {
-            c: str(
-                plot_image_grid(
-                    [
-                        [
-                            (f"{c}: mean N(L̄), n={int(counts[i])}", mean[i].numpy(), None),
-                            ("ψ on the anchor", anchor, psi[i].numpy()),
-                        ]
-                    ],
-                    ctx.stage_dir / "masks" / f"{c}.png",
-                )
-            )
-            for i, c in enumerate(BOX_CLASSES)
-        }
-        ctx.tracker.log_images(images, step=0, prefix="masks")
+        _mask_pngs(ctx, mean.numpy(), psi.numpy(), counts.cpu().long().tolist())
     dist.barrier()
     return {
         "masks": "masks.npy",
@@ -298,3 +281,15 @@ def build_masks(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
         "kept_maps": dict(zip(BOX_CLASSES, counts.cpu().long().tolist())),
         "mask_area": dict(zip(BOX_CLASSES, psi.mean(dim=(1, 2)).tolist())),
     }
+
+
+def _mask_pngs(ctx: StageContext, mean: np.ndarray, psi: np.ndarray, counts: list[int]) -> None:
+    """masks/<class>.png: the averaged normalised CAM and ψ drawn on the anchor (as kim2021 Fig. 3); logged."""
+    from cxrdist.eval.figures import plot_image_grid  # matplotlib: only when drawing
+
+    anchor = np.load(ctx.stage_path("align", "anchor.npy"))[0]
+    images = {}
+    for i, name in enumerate(BOX_CLASSES):
+        panels = [(f"{name}: mean N(L̄), n={counts[i]}", mean[i], None), ("ψ on the anchor", anchor, psi[i])]
+        images[name] = str(plot_image_grid([panels], ctx.stage_dir / "masks" / f"{name}.png"))
+    ctx.tracker.log_images(images, step=0, prefix="masks")

@@ -31,7 +31,6 @@ from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch,
 from cxrdist.engine.sidecar_writer import fill_sidecar, inference_autocast, sidecar_splits
 from cxrdist.engine.stages import StageContext
 from cxrdist.engine.strategy import build_strategy
-from cxrdist.eval.figures import plot_image_grid
 from cxrdist.models import build_model
 from cxrdist.models.unet import soft_dice_loss, union_mask
 
@@ -91,24 +90,42 @@ def _mean_shape_dice(sset, train: np.ndarray, val: np.ndarray, transforms: Any) 
 
 
 def _train_epoch(strategy, sset, train: np.ndarray, recipe: Any, seed: int, epoch: int, env) -> float:
-    """One epoch: global batches from a (seed, epoch) permutation, each rank taking its micro-batches."""
+    """One epoch: global batches from a (seed, epoch) permutation, each rank taking its micro-batches.
+
+    Returns the mean micro-batch loss over all ranks (the same number on every rank, for the schedule).
+    """
     g, micro, accum = recipe.global_batch, strategy.micro_batch, strategy.accum
     perm = train[np.random.default_rng([seed, epoch]).permutation(len(train))]
     steps = len(train) // g if recipe.max_steps_per_epoch is None else min(len(train) // g, recipe.max_steps_per_epoch)
     strategy.model.train()
-    losses = []
+    total = torch.zeros(2, dtype=torch.float64, device=env.device)
     for k in range(steps):
         for a in range(accum):
             lo = k * g + (a * env.world_size + env.rank) * micro
-            x, y = seg_batch(
-                sset, perm[lo : lo + micro], recipe.transforms, True, seed, epoch, np.arange(lo, lo + micro)
-            )
+            positions = np.arange(lo, lo + micro)
+            x, y = seg_batch(sset, perm[lo : lo + micro], recipe.transforms, True, seed, epoch, positions)
             with strategy.autocast():
                 logits = strategy.model(x.to(env.device))
             loss = soft_dice_loss(logits.float(), y.to(env.device))
             strategy.backward(loss)
-            losses.append(float(loss.detach()))
-    return float(np.mean(losses)) if losses else float("nan")
+            total += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=env.device)])
+    dist.all_reduce_sum(total)
+    return float(total[0] / total[1]) if total[1] else float("nan")
+
+
+def _unet_strategy(ctx: StageContext, recipe: Any, width: int):
+    """The U-Net and its optimizer under DDP (a DeepSpeed engine buys nothing for a few M parameters)."""
+    cfg, env = ctx.cfg, ctx.env
+    micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = build_model("unet", base_width=width, in_chans=recipe.transforms.channels)
+    optimizer = build_optimizer(model.parameters(), recipe.optim)
+    eng = cfg.engine
+    strategy = build_strategy(
+        "ddp", env, accum=accum, micro_batch=micro, precision=eng.precision, grad_clip=eng.grad_clip
+    )
+    strategy.wrap(model, optimizer)
+    return strategy, build_scheduler(optimizer, recipe.schedule)
 
 
 def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
@@ -117,48 +134,28 @@ def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
     sizes = [o["size"] for o in [*recipe.transforms.train, *recipe.transforms.eval] if o["op"].startswith("resize")]
     sset = load_segmentation_set(seg_root(ctx, opts.seg_root), max(sizes or [256]))
     train, val = split_set(len(sset.names), opts.seg_val_fraction, cfg.seed)
-    if len(train) < recipe.global_batch:
-        raise ValueError(f"seg: {len(train)} training images, fewer than global_batch {recipe.global_batch}")
-    micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
-    torch.manual_seed(cfg.seed)
-    model = build_model("unet", base_width=opts.unet_width, in_chans=recipe.transforms.channels)
-    optimizer = build_optimizer(model.parameters(), recipe.optim)
-    scheduler = build_scheduler(optimizer, recipe.schedule)
-    # The U-Net always trains under DDP (a DeepSpeed engine buys nothing for 8M parameters).
-    strategy = build_strategy(
-        "ddp", env, accum=accum, micro_batch=micro, precision=cfg.engine.precision, grad_clip=cfg.engine.grad_clip
-    )
-    strategy.wrap(model, optimizer)
+    if len(train) < recipe.global_batch or recipe.epochs < 1:
+        raise ValueError(
+            f"seg: {len(train)} training images for global_batch {recipe.global_batch}, {recipe.epochs} epochs"
+        )
+    strategy, scheduler = _unet_strategy(ctx, recipe, opts.unet_width)
     best, history = None, []
     for epoch in range(recipe.epochs):
         train_loss = _train_epoch(strategy, sset, train, recipe, cfg.seed, epoch, env)
-        m = dist.broadcast_object(
-            evaluate_seg(
-                strategy.unwrap(),
-                sset,
-                val,
-                recipe.transforms,
-                env.device,
-                cfg.loader.eval_batch_per_rank,
-                opts.seg_threshold,
-            )
-        )
+        m = evaluate_seg(strategy.unwrap(), sset, val, recipe.transforms, env.device, 16, opts.seg_threshold)
+        m = dist.broadcast_object(m)  # BN running stats may differ across ranks: rank 0's numbers decide
         step_scheduler(scheduler, {"train_loss": train_loss, **m})
         history.append({"epoch": epoch, "train_loss": train_loss, **m})
         if best is None or m["val_loss"] < best["val_loss"]:  # "the model with the smallest loss was saved"
             best = history[-1]
             if env.is_main:
                 save_model_weights(ctx.stage_dir / "best.pt", strategy.unwrap(), {"epoch": epoch, **m})
-        ctx.tracker.log(
-            {"train_loss": train_loss, "val_loss": m["val_loss"]}
-            | {f"val_dice/{k}": v for k, v in m["val_dice"].items()},
-            step=epoch,
-            prefix="seg",
-        )
+        logs = {"train_loss": train_loss, "val_loss": m["val_loss"]} | {
+            f"val_dice/{k}": v for k, v in m["val_dice"].items()
+        }
+        ctx.tracker.log(logs, step=epoch, prefix="seg")
         logger.info("seg epoch %d: train %.4f, val %.4f, Dice %s", epoch, train_loss, m["val_loss"], m["val_dice"])
     dist.barrier()
-    if best is None:
-        raise ValueError("seg: epochs must be >= 1")
     if env.is_main:
         _seg_examples(ctx, sset, val[: opts.examples], recipe.transforms, opts)
     dist.barrier()
@@ -172,13 +169,15 @@ def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
         "num_val": len(val),
         "history": history,
         "seg_root": str(seg_root(ctx, opts.seg_root)),
-        "micro_batch": micro,
-        "accum": accum,
+        "micro_batch": strategy.micro_batch,
+        "accum": strategy.accum,
     }
 
 
 def _seg_examples(ctx: StageContext, sset, indices: np.ndarray, transforms: Any, opts: Any) -> None:
     """PNG: held-out images with the true and predicted union masks (rank 0)."""
+    from cxrdist.eval.figures import plot_image_grid  # matplotlib: only when drawing
+
     model = build_model("unet", base_width=opts.unet_width, in_chans=transforms.channels)
     load_model_weights(ctx.stage_dir / "best.pt", model)
     x, y = seg_batch(sset, indices, transforms, False, 0, 0)
@@ -239,6 +238,7 @@ def _mask_examples(ctx: StageContext, count: int) -> None:
 
     from cxrdist.data.reader import ShardReader
     from cxrdist.data.sidecar import Sidecar
+    from cxrdist.eval.figures import plot_image_grid  # matplotlib: only when drawing
 
     reader = ShardReader(ctx.cfg.data.root, "train")
     side = Sidecar(ctx.stage_dir / "train" / "mask", reader.keys)

@@ -102,6 +102,13 @@ def test_deepspeed_matches_ddp(shard_root: Path, tmp_path: Path, stage: int):
     assert same(ref, got, atol=1e-5)
 
 
+def test_deepspeed_single_process(shard_root: Path, tmp_path: Path):
+    """One process (no torchrun, no process group) with engine=deepspeed: same update as DDP/bare."""
+    ref = _one_step_weights(shard_root, tmp_path / "bare", 1)
+    got = _one_step_weights(shard_root, tmp_path / "ds", 1, "engine=deepspeed", "engine.zero_stage=1")
+    assert same(ref, got, atol=1e-6)
+
+
 class _NaNAfter(TinyNet):
     calls = 0
 

@@ -54,8 +54,13 @@ def _rank(rank: int, world: int, port: int, root: str, backend: str, out: str, d
 def _distributed_logits(root: Path, backend: str, world: int, tmp: Path, drop: bool = False) -> np.ndarray | str:
     out = tmp / f"{backend}-{world}-{drop}.npy"
     os.environ["OMP_NUM_THREADS"] = "1"
-    mp.start_processes(_rank, args=(world, free_port(), str(root), backend, str(out), drop), nprocs=world,
-                       join=True, start_method="spawn")
+    mp.start_processes(
+        _rank,
+        args=(world, free_port(), str(root), backend, str(out), drop),
+        nprocs=world,
+        join=True,
+        start_method="spawn",
+    )
     err = out.with_suffix(".err")
     return err.read_text() if err.exists() else np.load(out)
 

@@ -183,6 +183,7 @@ def test_two_ranks_end_to_end_and_masks_equal_one_process(shard_root: Path, tmp_
     single = build_masks(ctx, method)
     assert single["kept_maps"] == read_done(run / "stages" / "03_masks")["outputs"]["kept_maps"]
     two = run / "stages" / "03_masks"
+    assert np.load(two / "mean_maps.npy").max() > 0  # a non-trivial comparison: maps were kept and summed
     assert np.array_equal(np.load(ctx.stage_dir / "masks.npy"), np.load(two / "masks.npy"))
     np.testing.assert_allclose(np.load(ctx.stage_dir / "mean_maps.npy"), np.load(two / "mean_maps.npy"), atol=1e-6)
 

@@ -94,7 +94,7 @@ def test_masks_sidecar_covers_every_key_once(lh_run: Path, shard_root: Path):
         keys = ShardReader(shard_root, split).keys
         side = Sidecar(lh_run / "stages" / "01_masks" / split / "mask", keys)  # checks keys and filled rows
         assert side.kind == "image" and side.array.shape == (len(keys), 16, 16) and side.array.dtype == np.float16
-        assert 0.0 <= float(side.array.min()) and float(side.array.max()) <= 1.0
+        assert float(side.array.min()) >= 0.0 and float(side.array.max()) <= 1.0
         assert out[split] == {"rows": len(keys), "computed": len(keys), "already_filled": 0}
 
 
@@ -113,7 +113,11 @@ def test_masks_stage_resume_recomputes_only_missing_rows(lh_run: Path, shard_roo
     rows.flush()
     ctx, method = stage_ctx(cfg, "masks", dirs)
     out = write_masks(ctx, method)
-    assert out["splits"]["train"] == {"rows": len(reference), "computed": len(lost), "already_filled": len(reference) - 7}
+    assert out["splits"]["train"] == {
+        "rows": len(reference),
+        "computed": len(lost),
+        "already_filled": len(reference) - 7,
+    }
     assert all(out["splits"][s]["computed"] == 0 for s in ("val", "test", "bbox"))
     np.testing.assert_allclose(np.load(path.with_suffix(".npy")).astype(np.float32), reference, atol=1e-2)
     mark_filled(path, lost)  # idempotent on a filled sidecar
@@ -152,7 +156,9 @@ def test_unet_beats_a_constant_mask(shard_root: Path, phantom_root: Path, tmp_pa
 
     sset = load_segmentation_set(phantom_root / "segmentation", 64)
     val = sset.masks[split_set(len(sset.names), 0.2, cfg.seed)[1]].astype(np.float64)
-    ones = {k: (2 * val[:, c].sum() + 1) / (val[:, c].sum() + val[:, c].size + 1) for c, k in enumerate(out["val_dice"])}
+    ones = {
+        k: (2 * val[:, c].sum() + 1) / (val[:, c].sum() + val[:, c].size + 1) for c, k in enumerate(out["val_dice"])
+    }
     for k, dice in out["val_dice"].items():
         assert dice > ones[k] + 0.2, (k, dice, ones[k])  # an all-ones mask scores 0.1–0.3
     assert np.mean(list(out["val_dice"].values())) > 0.7
@@ -166,7 +172,9 @@ def test_ablations_compose():
     model = method.build_model("classify").eval()
     with pytest.raises(ValueError, match="use_mask=False but a mask was passed"):
         model(torch.zeros(1, 3, 64, 64), mask=torch.ones(1, 1, 64, 64))
-    cfg = compose(["method=lungheart", "data.root=/x", "method.model.multiscale=false", "method.model.pretrained=false"])
+    cfg = compose(
+        ["method=lungheart", "data.root=/x", "method.model.multiscale=false", "method.model.pretrained=false"]
+    )
     assert isinstance(get_method("lungheart")(cfg).build_model("classify").input_attention, torch.nn.Identity)
 
 
