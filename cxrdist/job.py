@@ -197,6 +197,9 @@ def rendezvous_address(run_dir: Path, attempt: str, is_main: bool, timeout_s: fl
     return path.read_text().strip()
 
 
+_DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 class Job:
     """The submitit callable shared by every kind of job (training, evaluation, sharding)."""
 
@@ -209,12 +212,19 @@ class Job:
         from cxrdist.dist import port_from_job_id
 
         job_env = submitit.JobEnvironment()
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        attempt = f"{job_env.job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
-        os.environ["MASTER_ADDR"] = rendezvous_address(Path(self.run_dir), attempt, job_env.global_rank == 0)
-        os.environ["MASTER_PORT"] = str(port_from_job_id(job_env.job_id))
-        os.environ["CXRDIST_DIST_SOURCE"] = "submitit"
-        return run_rank(self.cfg_dict, self.run_dir)
+        # export() refuses to overwrite; a debug (in-process) job may inherit a previous run's variables.
+        saved = {k: os.environ.pop(k) for k in _DIST_VARS if k in os.environ}
+        try:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            attempt = f"{job_env.job_id}-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+            os.environ["MASTER_ADDR"] = rendezvous_address(Path(self.run_dir), attempt, job_env.global_rank == 0)
+            os.environ["MASTER_PORT"] = str(port_from_job_id(job_env.job_id))
+            os.environ["CXRDIST_DIST_SOURCE"] = "submitit"
+            return run_rank(self.cfg_dict, self.run_dir)
+        finally:
+            for k in _DIST_VARS:
+                os.environ.pop(k, None)
+            os.environ.update(saved)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """On timeout/preemption: resubmit the same job; no collective work here (checkpoints are on disk)."""
