@@ -82,8 +82,9 @@ class AlignmentLoss:
         return (le + self.weight * lp).mean(), le.mean(), lp.mean()
 
 
-def compute_anchor(ctx: StageContext, method: DiseaseMask) -> np.ndarray:
-    """The anchor (C, H, W): mean of up to ``anchor_images`` "No Finding" train images, normalised like the input."""
+def compute_anchor(ctx: StageContext, method: DiseaseMask) -> tuple[np.ndarray, int]:
+    """The anchor (C, H, W), the mean of up to ``anchor_images`` "No Finding" train images normalised like the
+    input, and the number of images averaged."""
     recipe, count = method.recipe("align"), method.options.anchor_images
     spec = ctx.loader_spec(
         split="train", train=False, transforms=recipe.transforms, batch=ctx.cfg.loader.eval_batch_per_rank
@@ -99,7 +100,7 @@ def compute_anchor(ctx: StageContext, method: DiseaseMask) -> np.ndarray:
     for batch in loader.iterate_indices([mine[i : i + b] for i in range(0, len(mine), b)]):
         total += batch["image"].double().sum(dim=0)
     dist.all_reduce_sum(total)
-    return (total / len(chosen)).float().cpu().numpy()
+    return (total / len(chosen)).float().cpu().numpy(), len(chosen)
 
 
 def _perceptual_net(ctx: StageContext, method: DiseaseMask) -> torch.nn.Module:
@@ -165,8 +166,8 @@ def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) 
 
 def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
     """The ``align`` stage: anchor, alignment net, per-split affine sidecars, PNGs."""
-    recipe, opts = method.recipe("align"), method.options
-    anchor = compute_anchor(ctx, method)
+    recipe = method.recipe("align")
+    anchor, num_anchor = compute_anchor(ctx, method)
     if ctx.env.is_main:
         np.save(ctx.stage_dir / "anchor.npy", anchor)
     net, history = train_alignment(ctx, method, anchor)
@@ -198,18 +199,12 @@ def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
     dist.barrier()
     return {
         "anchor": "anchor.npy",
-        "anchor_images": min(opts.anchor_images, _num_normal(ctx)),
+        "anchor_images": num_anchor,
         "weights": "alignment.pt",
         "sidecar": "{split}/affine",
         "history": history,
         "splits": out,
     }
-
-
-def _num_normal(ctx: StageContext) -> int:
-    from cxrdist.data.reader import ShardReader
-
-    return int((ShardReader(ctx.cfg.data.root, "train").labels.sum(axis=1) == 0).sum())
 
 
 def _align_examples(ctx: StageContext, method: DiseaseMask, net, anchor: np.ndarray) -> None:

@@ -139,10 +139,11 @@ def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
             f"seg: {len(train)} training images for global_batch {recipe.global_batch}, {recipe.epochs} epochs"
         )
     strategy, scheduler = _unet_strategy(ctx, recipe, opts.unet_width)
+    eval_bs = cfg.loader.eval_batch_per_rank
     best, history = None, []
     for epoch in range(recipe.epochs):
         train_loss = _train_epoch(strategy, sset, train, recipe, cfg.seed, epoch, env)
-        m = evaluate_seg(strategy.unwrap(), sset, val, recipe.transforms, env.device, 16, opts.seg_threshold)
+        m = evaluate_seg(strategy.unwrap(), sset, val, recipe.transforms, env.device, eval_bs, opts.seg_threshold)
         m = dist.broadcast_object(m)  # BN running stats may differ across ranks: rank 0's numbers decide
         step_scheduler(scheduler, {"train_loss": train_loss, **m})
         history.append({"epoch": epoch, "train_loss": train_loss, **m})

@@ -87,6 +87,7 @@ def test_end_to_end_writes_every_stage_and_restart_skips_them(dm_run: Path, shar
     before = {n: (stages / n / "DONE.json").read_bytes() for n in names}
     run_local(dm_cfg(shard_root, dm_run), nproc=1)  # a restart: every stage is done
     assert {n: (stages / n / "DONE.json").read_bytes() for n in names} == before
+    assert (dm_run / "logs" / "rank0.log").read_text().count("DONE.json), skipped") == len(names)
 
 
 def test_retrain_starts_from_classify_with_the_masks(dm_run: Path, shard_root: Path):

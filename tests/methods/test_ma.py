@@ -88,11 +88,14 @@ def test_hard_examples_granularity():
         hard_examples(labels, logits, "pair")
 
 
-def test_bad_options_are_refused(shard_root: Path, tmp_path: Path):
+def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="retrain_init"):
-        get_method("ma")(ma_cfg(shard_root, tmp_path, "method.options.retrain_init=scratch"))
+        get_method("ma")(ma_cfg(Path("/x"), Path("/x"), "method.options.retrain_init=scratch"))
+    with pytest.raises(ValueError, match="hard_granularity"):
+        get_method("ma")(ma_cfg(Path("/x"), Path("/x"), "method.options.hard_granularity=pair"))
 
 
+@pytest.mark.slow  # shares the 2-rank SE-ResNet-101 run (> 60 s on 2 busy cores)
 def test_world2_end_to_end_and_mining_matches_one_process(ma_run):
     run_dir, cfg = ma_run
     for name in STAGES:
@@ -121,6 +124,7 @@ def test_world2_end_to_end_and_mining_matches_one_process(ma_run):
     assert out["per_class"] == {n: int(labels[hard_rows, c].sum()) for c, n in enumerate(LABELS)}
 
 
+@pytest.mark.slow  # shares the 2-rank SE-ResNet-101 run (> 60 s on 2 busy cores)
 def test_retrain_loader_yields_b_twice(ma_run):
     run_dir, cfg = ma_run
     ctx, stages = _context(cfg, run_dir)
@@ -136,6 +140,7 @@ def test_retrain_loader_yields_b_twice(ma_run):
     assert (np.delete(counts, hard) == 1).all()
 
 
+@pytest.mark.slow  # shares the 2-rank SE-ResNet-101 run (> 60 s on 2 busy cores)
 def test_requeue_after_mine_does_not_rerun_base(ma_run):
     run_dir, cfg = ma_run
     before = {s: (stage_dir(run_dir, s) / "DONE.json") for s in ("base", "mine")}
@@ -150,3 +155,17 @@ def test_requeue_after_mine_does_not_rerun_base(ma_run):
     assert json.loads(snap["base"][0])["finished_at"] == read_done(stage_dir(run_dir, "base"))["finished_at"]
     for s in ("retrain", "eval"):
         assert read_done(stage_dir(run_dir, s))["world_size"] == 1
+
+
+@pytest.mark.slow  # shares the 2-rank SE-ResNet-101 run (> 60 s on 2 busy cores)
+def test_retrain_init_switch(ma_run):
+    run_dir, cfg = ma_run
+    _, stages = _context(cfg, run_dir)
+    assert next(s for s in stages if s.name == "retrain").init_from is None  # imagenet: a fresh model
+    base_cfg = ma_cfg(cfg.data.root, run_dir, "method.options.retrain_init=base")
+    ctx, stages = _context(base_cfg, run_dir)
+    retrain = next(s for s in stages if s.name == "retrain")
+    model = retrain.build_model(ctx)
+    retrain.init_from(ctx, model)
+    saved = torch.load(stage_dir(run_dir, "base") / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
