@@ -48,7 +48,8 @@ class DiseaseMask(Method):
         anchor_images: int = 2000  # "the average of 2,000 normal random samples" (§3.2)
         euclidean: str = "mean"  # Eq. 8 reduction over pixels: sum (as printed) | mean (choice; see the YAML)
         perceptual_weight: float = 1.0  # L_total = L_e + L_p (Eq. 9): equal weights
-        smooth_kernel: int = 16  # G(·): "average pooling with a kernel size of 16 and stride of 16" (§3.2)
+        align_grad_clip: float | None = 1.0  # max grad norm of the alignment net (choice; see the YAML)
+        smooth_grid: int = 32  # G(·) output side: kernel 16, stride 16 at P = 512 (§3.2) → 32 cells; kernel = P / 32
         min_cam_prob: float = 0.8  # "dropping images x where P_c(x) < 0.8" (§3.1)
         mask_threshold: float = 0.5  # T(·): value NOT IN PAPER (choice)
         renormalize: bool = False  # min-max the averaged map before T (not in the paper)
@@ -59,17 +60,28 @@ class DiseaseMask(Method):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         o = self.options
-        if o.euclidean not in ("sum", "mean") or o.anchor_images < 1 or o.smooth_kernel < 1:
-            raise ValueError(f"method.options: euclidean must be sum|mean, anchor_images and smooth_kernel >= 1 ({o})")
+        if o.euclidean not in ("sum", "mean") or o.anchor_images < 1 or o.smooth_grid < 1:
+            raise ValueError(f"method.options: euclidean must be sum|mean, anchor_images and smooth_grid >= 1 ({o})")
         for stage in self.cfg.method.stages:
             tf = self.recipe(stage).transforms
             if any(op["op"] not in FRAME_OPS for op in [*tf.train, *tf.eval]):
                 raise ValueError(f"diseasemask stage {stage}: only {FRAME_OPS} ops (the affine refers to the frame)")
         self.fill = black(self.recipe("classify").transforms)
 
+    def input_size(self, stage: str) -> int:
+        """The network input side of ``stage`` (its ops are resizes only)."""
+        return int(self.recipe(stage).transforms.eval[-1]["size"])
+
+    def smooth_kernel(self) -> int:
+        """G's kernel at the align stage's input size: the same 1/32-of-the-image cells as 16 px at 512 px."""
+        size = self.input_size("align")
+        if size % self.options.smooth_grid:
+            raise ValueError(f"align input {size} is not a multiple of options.smooth_grid={self.options.smooth_grid}")
+        return size // self.options.smooth_grid
+
     def build_model(self, stage: str) -> torch.nn.Module:
         """A ResNet-50 ``DiseaseMaskNet`` sized for the stage's input (ψ = 0 until :meth:`init_retrain`)."""
-        size = int(self.recipe(stage).transforms.eval[-1]["size"])
+        size = self.input_size(stage)
         if size % RESNET_STRIDE:
             raise ValueError(f"diseasemask stage {stage}: input size {size} must be a multiple of {RESNET_STRIDE}")
         return build_model(

@@ -119,10 +119,8 @@ def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) 
     micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
     torch.manual_seed(cfg.seed)
     net = build_model("alignment", pretrained=method.model_cfg.pretrained, in_chans=recipe.transforms.channels)
-    eng = cfg.engine
-    strategy = build_strategy(
-        "ddp", env, accum=accum, micro_batch=micro, precision=eng.precision, grad_clip=eng.grad_clip
-    )
+    eng, clip = cfg.engine, opts.align_grad_clip  # its own clip: SGD at the paper's lr diverges without one
+    strategy = build_strategy("ddp", env, accum=accum, micro_batch=micro, precision=eng.precision, grad_clip=clip)
     strategy.wrap(net, build_optimizer(net.parameters(), recipe.optim))
     spec = ctx.loader_spec(
         split="train",
@@ -141,7 +139,7 @@ def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) 
         torch.from_numpy(anchor)[None].to(env.device),
         _perceptual_net(ctx, method).stage_features,
         black(recipe.transforms),
-        opts.smooth_kernel,
+        method.smooth_kernel(),
         opts.euclidean,
         opts.perceptual_weight,
     )
@@ -219,7 +217,7 @@ def _align_examples(ctx: StageContext, method: DiseaseMask, net, anchor: np.ndar
     with torch.no_grad():
         params = net(batch["image"]).float()
     aligned = align_images(batch["image"], params, black(recipe.transforms))
-    smoothed = smooth(aligned, opts.smooth_kernel)
+    smoothed = smooth(aligned, method.smooth_kernel())
     rows = []
     for i, p in enumerate(params.cpu().tolist()):
         key = loader.reader.keys[int(batch["index"][i])]
