@@ -13,6 +13,8 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -181,7 +183,6 @@ def rendezvous_address(run_dir: Path, attempt: str, is_main: bool, timeout_s: fl
     Global rank 0 writes its own address to ``RUN/.rendezvous/<attempt>``; the others wait for the file.
     ``attempt`` includes the requeue count, so a requeued job never reads its previous life's address.
     """
-    import time
 
     path = run_dir / ".rendezvous" / attempt
     if is_main:
@@ -195,6 +196,32 @@ def rendezvous_address(run_dir: Path, attempt: str, is_main: bool, timeout_s: fl
             raise TimeoutError(f"{path}: rank 0 did not publish its address within {timeout_s:.0f} s")
         time.sleep(0.5)
     return path.read_text().strip()
+
+
+def hold_on_sigterm(max_wait_s: float = 900.0) -> None:
+    """Under Slurm, make SIGTERM freeze this process until Slurm's SIGKILL (or ``max_wait_s``, then exit 143).
+
+    SIGTERM means Slurm is ending this attempt (``scontrol requeue``, ``scancel``, preemption) and SIGKILL
+    follows after KillWait. submitit only logs SIGTERM and lets the job go on; a job that then failed (e.g.
+    W&B's service process, killed by the same signal) or finished would write a result that submitit's
+    watcher takes for the job's outcome while Slurm requeues it. Checkpoints are complete-only and already
+    on disk, so stopping anywhere loses at most the steps since the last one. submitit's USR2 handler
+    (timeout/preemption requeue) still runs while we wait.
+    """
+
+    def _hold(signum: int, frame: Any) -> None:
+        logger.warning(
+            "SIGTERM: Slurm is ending this attempt (requeue/cancel/preemption); stopping here and waiting "
+            "for the kill. The next attempt resumes from the last checkpoint."
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        deadline = time.monotonic() + max_wait_s
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+        os._exit(128 + signum)  # no cleanup: nothing may write a result for this attempt
+
+    signal.signal(signal.SIGTERM, _hold)
 
 
 _DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -220,6 +247,8 @@ class Job:
             os.environ["MASTER_ADDR"] = rendezvous_address(Path(self.run_dir), attempt, job_env.global_rank == 0)
             os.environ["MASTER_PORT"] = str(port_from_job_id(job_env.job_id))
             os.environ["CXRDIST_DIST_SOURCE"] = "submitit"
+            if job_env.cluster == "slurm":
+                hold_on_sigterm()
             return run_rank(self.cfg_dict, self.run_dir)
         finally:
             for k in _DIST_VARS:

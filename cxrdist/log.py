@@ -5,14 +5,21 @@ the same run (group = method, name = run dir name). Every WANDB_* directory poin
 nothing lands in $HOME. Offline unless the environment says otherwise (``WANDB_MODE=online``). W&B cannot
 append to an *offline* run: each job segment writes its own ``offline-run-*-<id>`` folder with the same id;
 sync them in order (``wandb sync RUN/wandb/wandb/offline-run-*``). Online runs resume with ``resume="allow"``.
+
+Every scalar row is also appended to ``RUN/logs/metrics.jsonl`` (rank 0), and a W&B failure mid-run (its
+service process dies with the job's SIGTERM, a network error online) turns W&B off with one warning instead
+of killing training: the metrics go on in the JSON lines file.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +106,7 @@ def wandb_environment(run_dir: Path) -> dict[str, str]:
 
 
 class WandbTracker(Tracker):
-    """W&B run on rank 0 with a persisted id."""
+    """W&B run on rank 0 with a persisted id; every scalar row also goes to ``RUN/logs/metrics.jsonl``."""
 
     def __init__(self, run_dir: Path, project: str, entity: str | None, group: str, config: dict[str, Any]):
         env = wandb_environment(run_dir)
@@ -113,6 +120,8 @@ class WandbTracker(Tracker):
         self.run_id = wandb_run_id(run_dir)
         self._wandb = wandb
         self._axes: set[str] = set()
+        self._jsonl = Path(run_dir) / "logs" / "metrics.jsonl"
+        self._jsonl.parent.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             project=project,
             entity=entity,
@@ -127,28 +136,60 @@ class WandbTracker(Tracker):
         self.location = self.run.url if env["WANDB_MODE"] == "online" and self.run.url else self.run.dir
         logger.info("W&B run %s (%s): %s", self.run_id, env["WANDB_MODE"], self.location)
 
+    def _call(self, what: str, fn: Callable[[], Any]) -> None:
+        """Run one W&B call; on failure warn once and stop using W&B (training must not die of logging)."""
+        if self.run is None:
+            return
+        try:
+            fn()
+        except Exception as e:  # any W&B failure: warned once, the metrics go on in metrics.jsonl
+            logger.warning(
+                "W&B %s failed (%s: %s); W&B is off for the rest of this job, metrics go on in %s",
+                what,
+                type(e).__name__,
+                e,
+                self._jsonl,
+            )
+            self.run = None
+
+    def _append(self, row: dict[str, Any]) -> None:
+        with self._jsonl.open("a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **row}, default=float) + "\n")
+
     def _step_key(self, prefix: str) -> str:
         # Each stage has its own step axis: W&B's own step must only grow, and stages restart at 0.
         key = f"{prefix}/step"
         if key not in self._axes:
-            self.run.define_metric(key)
-            self.run.define_metric(f"{prefix}/*", step_metric=key)
+            self._call(
+                "define_metric",
+                lambda: (self.run.define_metric(key), self.run.define_metric(f"{prefix}/*", step_metric=key)),
+            )
             self._axes.add(key)
         return key
 
     def log(self, metrics: dict[str, Any], step: int, prefix: str = "run") -> None:
         row = {(k if k.startswith(f"{prefix}/") else f"{prefix}/{k}"): v for k, v in metrics.items() if v is not None}
-        self.run.log({**row, self._step_key(prefix): step})
+        row[f"{prefix}/step"] = step
+        self._append({**row, "wandb": self.run is not None})
+        if self.run is not None:
+            self._step_key(prefix)
+            self._call("log", lambda: self.run.log(row))
 
     def log_images(self, images: dict[str, str], step: int, prefix: str = "run") -> None:
-        row = {f"{prefix}/{k}": self._wandb.Image(v) for k, v in images.items()}
-        self.run.log({**row, self._step_key(prefix): step})
+        if self.run is not None:
+            key = self._step_key(prefix)
+            self._call(
+                "log_images",
+                lambda: self.run.log({**{f"{prefix}/{k}": self._wandb.Image(v) for k, v in images.items()}, key: step}),
+            )
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self.run.log({name: self._wandb.Table(columns=columns, data=rows)})
+        if self.run is not None:
+            self._call("log_table", lambda: self.run.log({name: self._wandb.Table(columns=columns, data=rows)}))
 
     def finish(self) -> None:
-        self.run.finish()
+        if self.run is not None:
+            self._call("finish", self.run.finish)
 
 
 def build_tracker(
