@@ -3,16 +3,21 @@
 Each method in ``cxrdist.methods.list_methods()`` runs end to end through its own stages (``cxrdist.job.run_local``)
 on one phantom ChestX-ray14 drawn at the phantom's default difficulty, without ImageNet weights. Only the budget
 is reduced, through config overrides that are printed: every training stage gets ``--epochs`` epochs at global
-batch ``--batch``, and each recipe's transforms are scaled so that its network input is ``--size`` px (every op's
-``size`` and ``max_shift`` times size / recipe size, so each method keeps its own augmentation and interpolation).
+batch min(recipe's, ``--batch``), and each recipe's transforms are scaled so that its network input is ``--size``
+px (every op's ``size`` and ``max_shift`` times size / recipe size, so each method keeps its own augmentation and
+interpolation).
 Anything else a method needs on the phantom goes into :data:`METHOD_OVERRIDES`, with the reason.
 
 Printed table: method, test mean AUROC, localization accuracy at T(IoU) = 0.3 (kim2021 protocol, the 'best'
 threshold variant, mean over the box classes, from the eval stage's ``bbox/metrics.json``) and wall time.
 The goal is a mean AUROC of at least 0.7 for every method.
 
-Run: ``.venv/bin/python benchmarks/methods_phantom.py --phantom-images 400 --size 32 --epochs 3
---methods chexnet,dcnn,ma,cral,amdensenet --out runs/methods_phantom`` (``--shards DIR`` reuses shards).
+The default budget (about 80 minutes on 2 CPU cores for all rows): a 3,000-image phantom stored at 64 px,
+64-px inputs, 5 epochs per training stage, global batch at most 32. Rows ``lungheart:no_mask`` and
+``diseasemask:no_mask`` are the mask-based methods' own no-mask ablations (:data:`VARIANTS`).
+
+Run: ``.venv/bin/python benchmarks/methods_phantom.py --out runs/methods_phantom`` (``--methods chexnet,ma`` for
+a subset; ``--shards DIR`` reuses shards).
 """
 
 from __future__ import annotations
@@ -55,6 +60,13 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
         for s in ("perceptual", "align", "classify", "retrain")
         for part in ("train", "eval")
     ],
+}
+
+
+# Ablations run as extra rows ("method:variant" in --methods): the mask-based methods against their no-mask selves.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "lungheart:no_mask": ("lungheart", ["method.model.use_mask=false"]),  # fang2021 "Ours w/o F_l" (Table 2)
+    "diseasemask:no_mask": ("diseasemask", ["method.options.use_masks=false"]),  # kim2021 "ResNet-50+Alignment"
 }
 
 
@@ -106,7 +118,9 @@ def budget_overrides(method: str, args: argparse.Namespace) -> list[str]:
         out.append("method.model.pretrained=false")
     for stage, recipe in cfg.method.stages.items():
         key = f"method.stages.{stage}"
-        out += [f"{key}.epochs={args.epochs}", f"{key}.global_batch={args.batch}", f"{key}.max_steps_per_epoch=null"]
+        # The recipe's own batch where it fits the budget (amdensenet's 8, diseasemask's 16/32); else --batch.
+        batch = min(recipe.global_batch, args.batch)
+        out += [f"{key}.epochs={args.epochs}", f"{key}.global_batch={batch}", f"{key}.max_steps_per_epoch=null"]
         for part in ("train", "eval"):
             ops = [dict(o) for o in recipe.transforms[part]]
             out.append(f"{key}.transforms.{part}={_hydra(scale_ops(ops, args.size))}")
@@ -121,11 +135,12 @@ def _eval_dir(run_dir: Path) -> Path:
     return found[-1]
 
 
-def run_method(method: str, shards: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Train and evaluate one method from scratch; return its table row."""
-    overrides = budget_overrides(method, args)
-    print(f"\n=== {method} ===\n  " + "\n  ".join(overrides), flush=True)
-    run_dir = out / "runs" / method
+def run_method(name: str, shards: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Train and evaluate one method (or a ``VARIANTS`` entry) from scratch; return its table row."""
+    method, extra = VARIANTS.get(name, (name, []))
+    overrides = budget_overrides(method, args) + extra
+    print(f"\n=== {name} ===\n  " + "\n  ".join(overrides), flush=True)
+    run_dir = out / "runs" / name.replace(":", "-")
     shutil.rmtree(run_dir, ignore_errors=True)  # a benchmark times a fresh run, never a resumed one
     cfg = compose([f"method={method}", f"data.root={shards}", f"run_dir={run_dir}", *overrides])
     t0 = time.perf_counter()
@@ -135,7 +150,7 @@ def run_method(method: str, shards: Path, out: Path, args: argparse.Namespace) -
     test = json.loads((ev / "test" / "metrics.json").read_text())
     bbox = json.loads((ev / "bbox" / "metrics.json").read_text())
     loc = bbox["localization"]["kim"]["best"][KIM_T]["mean_over_classes"]
-    row = {"method": method, "test_auroc_mean": test["auroc"]["mean"], "loc_acc_iou0.3": loc, "wall_s": wall}
+    row = {"method": name, "test_auroc_mean": test["auroc"]["mean"], "loc_acc_iou0.3": loc, "wall_s": wall}
     print(f"  → test mean AUROC {row['test_auroc_mean']}, loc acc@0.3 {loc}, {wall:.0f} s", flush=True)
     return row
 
@@ -155,13 +170,14 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, build the data, run every method, print the table."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--phantom-images", type=int, default=400)
+    p.add_argument("--phantom-images", type=int, default=3000)
     p.add_argument("--phantom-size", type=int, default=64, help="phantom PNG and stored shard side")
     p.add_argument("--difficulty", type=float, default=0.5, help="phantom difficulty (0.5: its default)")
-    p.add_argument("--size", type=int, default=32, help="network input side (every recipe scaled to it)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of every training stage")
-    p.add_argument("--batch", type=int, default=16, help="global batch of every training stage")
-    p.add_argument("--methods", default=",".join(list_methods()), help="comma-separated (default: all registered)")
+    p.add_argument("--size", type=int, default=64, help="network input side (every recipe scaled to it)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs of every training stage")
+    p.add_argument("--batch", type=int, default=32, help="largest global batch of a training stage")
+    p.add_argument("--methods", default=",".join([*list_methods(), *VARIANTS]), help="comma-separated (default: all "
+                   "registered methods and the VARIANTS ablations)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs/methods_phantom"))
     p.add_argument("--shards", type=Path, help="existing shard root (skips the phantom)")
     p.add_argument("--nproc", type=int, default=1, help="processes per method run")
@@ -169,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(list_methods()))
+    unknown = sorted(set(methods) - set(list_methods()) - set(VARIANTS))
     if unknown:
-        p.error(f"unknown method(s) {unknown}; registered: {list_methods()}")
+        p.error(f"unknown method(s) {unknown}; registered: {list_methods()}, variants: {list(VARIANTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     shards = args.shards or make_shards(args.out, args.phantom_images, args.phantom_size, args.difficulty, args.workers)
     print(f"budget: {args.epochs} epoch(s) per training stage, global batch {args.batch}, {args.size} px inputs, "

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_methods import diseasemask_overrides
 
 from cxrdist.config import compose
 from cxrdist.data.reader import ShardReader
@@ -24,35 +25,13 @@ from cxrdist.methods.diseasemask_stages import AlignmentLoss, build_masks, run_a
 from cxrdist.models.alignment import warp, warp_maps_back
 from cxrdist.models.base import Classifier
 
-FRAME = "[{op: resize, size: 64}]"
 SPLITS = ("train", "val", "test", "bbox")
 IDENTITY = [1.0, 1.0, 0.0, 0.0, 0.0]
 
 
 def dm_cfg(shards: Path, run_dir: Path, *extra: str):
     """diseasemask at 64 px (2×2 CAMs), one epoch of one step per training stage; every CAM enters the masks."""
-    stages = []
-    for s in ("perceptual", "align", "classify", "retrain"):
-        stages += [f"method.stages.{s}.epochs=1", f"method.stages.{s}.global_batch=4",
-                   f"method.stages.{s}.max_steps_per_epoch=1", f"method.stages.{s}.transforms.train={FRAME}",
-                   f"method.stages.{s}.transforms.eval={FRAME}"]  # fmt: skip
-    return compose(
-        [
-            "method=diseasemask",
-            f"data.root={shards}",
-            f"run_dir={run_dir}",
-            "logger=none",
-            "loader.workers=0",
-            "loader.eval_batch_per_rank=16",
-            "eval.heatmap_examples=1",
-            "method.model.pretrained=false",
-            "method.options.anchor_images=16",
-            "method.options.examples=2",
-            "method.options.min_cam_prob=0.0",  # an untrained net never reaches P_c >= 0.8: keep every map
-            *stages,
-            *extra,
-        ]
-    )
+    return compose([*diseasemask_overrides(shards), f"run_dir={run_dir}", "logger=none", *extra])
 
 
 def stage_ctx(cfg, stage: str, dirs: dict[str, Path] | None = None) -> tuple[StageContext, object]:

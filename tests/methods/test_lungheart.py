@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_methods import lungheart_overrides
 
 from cxrdist.config import compose
 from cxrdist.data.reader import ShardReader
@@ -23,39 +24,12 @@ from cxrdist.methods import get_method
 from cxrdist.methods.lungheart import maps
 from cxrdist.methods.lungheart_stages import train_unet, write_masks
 
-CROP = "[{op: resize, size: 72}, {op: center_crop, size: 64}]"
-FRAME = "[{op: resize, size: 64}]"
 SPLITS = ("train", "val", "test", "bbox")
 
 
 def lh_cfg(shards: Path, phantom: Path, run_dir: Path, *extra: str):
     """lungheart at 64 px with a one-epoch, two-step budget per stage."""
-    return compose(
-        [
-            "method=lungheart",
-            f"data.root={shards}",
-            f"run_dir={run_dir}",
-            "logger=none",
-            "loader.workers=0",
-            "loader.eval_batch_per_rank=16",
-            "eval.heatmap_examples=1",
-            "method.model.pretrained=false",
-            f"method.options.seg_root={phantom / 'segmentation'}",
-            "method.options.unet_width=8",
-            "method.options.mask_size=16",
-            "method.options.examples=2",
-            "method.stages.seg.epochs=1",
-            "method.stages.seg.global_batch=2",
-            f"method.stages.seg.transforms.train={FRAME}",
-            f"method.stages.seg.transforms.eval={FRAME}",
-            "method.stages.classify.epochs=1",
-            "method.stages.classify.global_batch=8",
-            "method.stages.classify.max_steps_per_epoch=2",
-            f"method.stages.classify.transforms.train={CROP}",
-            f"method.stages.classify.transforms.eval={CROP}",
-            *extra,
-        ]
-    )
+    return compose([*lungheart_overrides(shards, phantom), f"run_dir={run_dir}", "logger=none", *extra])
 
 
 def stage_ctx(cfg, stage: str, dirs: dict[str, Path] | None = None) -> tuple[StageContext, object]:

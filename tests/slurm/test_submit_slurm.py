@@ -2,7 +2,8 @@
 
 chexnet (tiny) trains on 2 ranks over gloo across both slurmd, evaluates and finishes; an identical job is
 requeued mid-epoch with ``scontrol requeue`` and ends with the same weights, the same W&B run id and no
-finished stage rerun; the sharding array writes the same shards as the single-process writer.
+finished stage rerun; lungheart and diseasemask are requeued between stages and finish every stage with their
+artifacts, without redoing the finished one; the sharding array writes the same shards as the single-process writer.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "methods"))
 from test_local_cluster import Cluster, cluster  # noqa: E402,F401  (the module-scoped cluster fixture)
+from tiny_methods import diseasemask_overrides, lungheart_overrides  # noqa: E402
 
 from cxrdist.launcher import submit, submit_sharding  # noqa: E402
 
@@ -92,6 +95,40 @@ def test_two_node_training_and_requeue(cluster: Cluster, shard_root: Path, tmp_p
     again = submit(_args(shard_root, run))
     again["job"].results()
     assert (run / "logs" / "rank0.log").read_text().count("stage train: start") == 2
+
+
+@pytest.mark.parametrize("method", ["lungheart", "diseasemask"])
+def test_mask_methods_requeued_between_stages(
+    method: str,
+    cluster: Cluster,  # noqa: F811
+    shard_root: Path,
+    phantom_root: Path,
+    tmp_path: Path,
+):
+    """Requeued once the first stage is done: the rest runs in the next attempt, the first stage is not redone."""
+    run = tmp_path / method
+    overrides = (
+        lungheart_overrides(shard_root, phantom_root) if method == "lungheart" else diseasemask_overrides(shard_root)
+    )
+    flags = ["--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "1", "--partition", "debug"]
+    out = submit([*flags, "--timeout-min", "20", "--run-dir", str(run), *overrides])
+    first = sorted((run / "stages").glob("00_*")) if (run / "stages").is_dir() else []
+    deadline = time.time() + 600
+    while time.time() < deadline and not (first and (first[0] / "DONE.json").is_file()):
+        time.sleep(0.2)
+        first = sorted((run / "stages").glob("00_*")) if (run / "stages").is_dir() else []
+    assert first and (first[0] / "DONE.json").is_file(), "the first stage did not finish"
+    subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster.env, timeout=30)
+    out["job"].results()
+    stages = sorted(p for p in (run / "stages").iterdir() if p.is_dir())
+    assert all((d / "DONE.json").is_file() for d in stages), stages
+    assert json.loads((stages[-1] / "DONE.json").read_text())["world_size"] == 2
+    rank0 = (run / "logs" / "rank0.log").read_text()
+    assert "SIGTERM: Slurm is ending this attempt" in rank0
+    assert rank0.count(f"stage {first[0].name.split('_', 1)[1]}: start") == 1
+    rid = (run / "wandb_id.txt").read_text().strip()
+    assert len(list((run / "wandb" / "wandb").glob(f"offline-run-*-{rid}"))) == 2
+    assert len(list(run.glob("stages/*/**/*.png"))) >= 3
 
 
 def test_sharding_array_matches_single_process(

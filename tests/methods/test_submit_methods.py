@@ -1,0 +1,39 @@
+"""lungheart and diseasemask through ``launch/submit.py --cluster local`` (submitit's local executor, the Job
+callable, W&B offline): every stage finishes and every artifact is an image in the run dir and in W&B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny_methods import diseasemask_overrides, lungheart_overrides
+
+from cxrdist.engine.pipeline import read_done
+from cxrdist.launcher import submit
+
+ARTIFACTS = {  # files in the run dir, and the W&B image keys' prefixes (media/images/<prefix>/...)
+    "lungheart": (["00_seg/examples.png", "01_masks/examples.png"], {"seg", "masks", "eval"}),
+    "diseasemask": (
+        ["01_align/anchor.png", "01_align/alignment.png", "03_masks/masks/Cardiomegaly.png"],
+        {"align", "masks", "eval"},
+    ),
+}
+
+
+@pytest.mark.parametrize("method", ["lungheart", "diseasemask"])
+def test_submit_local_runs_every_stage(method: str, shard_root: Path, phantom_root: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    overrides = (
+        lungheart_overrides(shard_root, phantom_root) if method == "lungheart" else diseasemask_overrides(shard_root)
+    )
+    out = submit(["--cluster", "local", "--run-dir", str(run), "--timeout-min", "20", *overrides])
+    out["job"].result()
+    stage_dirs = sorted(p for p in (run / "stages").iterdir() if p.is_dir())
+    assert stage_dirs and all(read_done(d) is not None for d in stage_dirs), stage_dirs
+    files, prefixes = ARTIFACTS[method]
+    for rel in files:
+        assert (run / "stages" / rel).is_file(), rel
+    media = list((run / "wandb" / "wandb").glob("offline-run-*/files/media/images/*/**/*.png"))
+    logged = {p.parts[p.parts.index("images") + 1] for p in media}
+    assert prefixes <= logged, (prefixes, logged)
