@@ -12,6 +12,7 @@ import argparse
 import logging
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,40 @@ def check_slurm() -> None:
             f"Slurm is unreachable (sinfo failed: {detail.strip()[:300]}); check SLURM_CONF or "
             "start a local cluster with slurm/local-cluster.sh up"
         ) from None
+
+
+# squeue states of a job that will still run (or is finishing): a requeued job passes through these.
+_LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING"}  # fmt: skip
+
+
+def slurm_job_live(job_id: str) -> bool:
+    """Whether Slurm still lists ``job_id`` in a state from which it will run (again)."""
+    try:
+        cmd = ["squeue", "-h", "-j", str(job_id), "-o", "%T"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return any(state.strip() in _LIVE_STATES for state in out.stdout.splitlines())
+
+
+def wait_results(job: Any, poll_s: float = 5.0) -> list[Any]:
+    """``job.results()`` that survives a requeue (``scontrol requeue``, preemption, node failure).
+
+    Between the kill of one attempt and the start of the next, sacct shows the killed attempt, so submitit's
+    watcher takes the job for finished and raises ``UncompletedJobError`` (no result file). While Slurm still
+    lists the job as pending/running, wait and ask again; any other failure is raised as is.
+    """
+    import submitit
+
+    while True:
+        try:
+            return job.results()
+        except submitit.core.utils.UncompletedJobError:
+            if not (isinstance(job, submitit.SlurmJob) and slurm_job_live(job.job_id)):
+                raise
+            logger.info("job %s was requeued; waiting for its next attempt", job.job_id)
+            time.sleep(poll_s)
 
 
 def build_executor(args: argparse.Namespace, folder: Path, tasks: int, cfg) -> Any:
@@ -246,8 +281,8 @@ def submit_sharding(argv: list[str]) -> dict[str, Any]:
     final = ex.submit(finalize_shards, cfg_dict)
     if args.wait:
         for j in jobs:
-            j.results()
-        final.results()
+            wait_results(j)
+        wait_results(final)
     return {
         "array": [j.job_id for j in jobs],
         "ranges": ranges,

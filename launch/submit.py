@@ -6,7 +6,7 @@ the same job on this machine; ``--dry-run`` prints the job script and the resolv
 
 import sys
 
-from cxrdist.launcher import LaunchError, submit
+from cxrdist.launcher import LaunchError, submit, wait_results
 
 
 def main() -> int:
@@ -24,7 +24,7 @@ def main() -> int:
     print(f"W&B:     {out['wandb']}")
     print("follow:  " + "\n         ".join(out["follow"]))
     if out["wait"]:
-        out["job"].results()  # raises the job's error, if any
+        wait_results(out["job"])  # raises the job's error, if any; survives requeues
         print(f"job {out['job_id']} finished")
     return 0
 

@@ -119,3 +119,36 @@ def test_run_dir_of_other_method_or_config_is_refused(shard_root: Path, tmp_path
     done = json.loads((run / "stages" / "00_train" / "DONE.json").read_text())
     submit([*args, "method=chexnet"])["job"].results()
     assert json.loads((run / "stages" / "00_train" / "DONE.json").read_text()) == done
+
+
+class _FakeRun:
+    def __init__(self, stdout: str):
+        self.stdout = stdout
+
+
+def test_wait_results_survives_a_requeue(monkeypatch: pytest.MonkeyPatch):
+    """UncompletedJobError while squeue still lists the job (requeued) means wait; once it is gone, raise."""
+    import submitit
+
+    from cxrdist import launcher
+
+    states = iter(["REQUEUED\n", "PENDING\n", "COMPLETED\n"])
+    monkeypatch.setattr(launcher.subprocess, "run", lambda *a, **k: _FakeRun(next(states)))
+    monkeypatch.setattr(launcher.time, "sleep", lambda s: None)
+    job = object.__new__(submitit.SlurmJob)
+    job._job_id, job._cancel_at_deletion = "7", False
+    calls = []
+
+    def results():
+        calls.append(1)
+        if len(calls) < 3:
+            raise submitit.core.utils.UncompletedJobError("no result yet")
+        return ["done"]
+
+    job.results = results
+    assert launcher.wait_results(job) == ["done"] and len(calls) == 3
+    calls.clear()
+    job.results = lambda: (calls.append(1), (_ for _ in ()).throw(submitit.core.utils.UncompletedJobError("x")))
+    with pytest.raises(submitit.core.utils.UncompletedJobError):
+        launcher.wait_results(job)  # squeue now says COMPLETED: a real failure, raised
+    assert len(calls) == 1

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "methods"))
 from test_local_cluster import Cluster, cluster  # noqa: E402,F401  (the module-scoped cluster fixture)
 from tiny_methods import diseasemask_overrides, lungheart_overrides  # noqa: E402
 
-from cxrdist.launcher import submit, submit_sharding  # noqa: E402
+from cxrdist.launcher import submit, submit_sharding, wait_results  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 TINY = [
@@ -82,7 +82,7 @@ def test_two_node_training_and_requeue(cluster: Cluster, shard_root: Path, tmp_p
         time.sleep(0.2)
     assert not (run / "stages" / "00_train" / "DONE.json").exists(), "train finished before the requeue"
     subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster.env, timeout=30)
-    out["job"].results()
+    wait_results(out["job"])
     assert torch.equal(
         torch.cat([v.flatten().float() for v in _weights(ref_dir).values()]),
         torch.cat([v.flatten().float() for v in _weights(run).values()]),
@@ -119,7 +119,7 @@ def test_mask_methods_requeued_between_stages(
         first = sorted((run / "stages").glob("00_*")) if (run / "stages").is_dir() else []
     assert first and (first[0] / "DONE.json").is_file(), "the first stage did not finish"
     subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster.env, timeout=30)
-    out["job"].results()
+    wait_results(out["job"])
     stages = sorted(p for p in (run / "stages").iterdir() if p.is_dir())
     assert all((d / "DONE.json").is_file() for d in stages), stages
     assert json.loads((stages[-1] / "DONE.json").read_text())["world_size"] == 2
