@@ -1,17 +1,21 @@
-"""lungheart and diseasemask through ``launch/submit.py --cluster local`` (submitit's local executor, the Job
-callable, W&B offline): every stage finishes and every artifact is an image in the run dir and in W&B."""
+"""The five papers' methods through ``launch/submit.py --cluster local`` (submitit's local executor, the Job
+callable, W&B offline): every stage finishes; the evaluation and every artifact are images in the run dir and
+in W&B."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from tiny_methods import diseasemask_overrides, lungheart_overrides
+from tiny_methods import method_overrides
 
 from cxrdist.engine.pipeline import read_done
 from cxrdist.launcher import submit
 
 ARTIFACTS = {  # files in the run dir, and the W&B image keys' prefixes (media/images/<prefix>/...)
+    "ma": (["03_eval/test/roc.png", "03_eval/bbox/roc.png"], {"eval"}),
+    "cral": (["01_eval/test/roc.png", "01_eval/bbox/roc.png"], {"eval"}),
+    "amdensenet": (["01_eval/test/roc.png", "01_eval/bbox/roc.png"], {"eval"}),
     "lungheart": (["00_seg/examples.png", "01_masks/examples.png"], {"seg", "masks", "eval"}),
     "diseasemask": (
         ["01_align/anchor.png", "01_align/alignment.png", "03_masks/masks/Cardiomegaly.png"],
@@ -20,13 +24,11 @@ ARTIFACTS = {  # files in the run dir, and the W&B image keys' prefixes (media/i
 }
 
 
-@pytest.mark.parametrize("method", ["lungheart", "diseasemask"])
+@pytest.mark.parametrize("method", list(ARTIFACTS))
 def test_submit_local_runs_every_stage(method: str, shard_root: Path, phantom_root: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = tmp_path / "run"
-    overrides = (
-        lungheart_overrides(shard_root, phantom_root) if method == "lungheart" else diseasemask_overrides(shard_root)
-    )
+    overrides = method_overrides(method, shard_root, phantom_root)
     out = submit(["--cluster", "local", "--run-dir", str(run), "--timeout-min", "20", *overrides])
     out["job"].result()
     stage_dirs = sorted(p for p in (run / "stages").iterdir() if p.is_dir())

@@ -52,3 +52,25 @@ def diseasemask_overrides(shards: Path) -> list[str]:
         "method.options.min_cam_prob=0.0",  # an untrained net never reaches P_c >= 0.8: keep every map
         *stages,
     ]
+
+
+def attention_overrides(method: str, shards: Path) -> list[str]:
+    """ma, cral or amdensenet at 32 px, one epoch of one step at global batch 4 per training stage."""
+    train = "[{op: resize, size: 36}, {op: random_resized_crop, size: 32}, {op: hflip}]"
+    evals = "[{op: resize, size: 36}, {op: center_crop, size: 32}]"
+    stages = {"ma": ("base", "retrain")}.get(method, ("train",))
+    out = [f"method={method}", f"data.root={shards}", *COMMON]
+    for s in stages:
+        out += [f"method.stages.{s}.epochs=1", f"method.stages.{s}.global_batch=4",
+                f"method.stages.{s}.max_steps_per_epoch=1", f"method.stages.{s}.transforms.train={train}",
+                f"method.stages.{s}.transforms.eval={evals}"]  # fmt: skip
+    return out
+
+
+def method_overrides(method: str, shards: Path, phantom: Path) -> list[str]:
+    """The tiny budget of any of the five papers' methods."""
+    if method == "lungheart":
+        return lungheart_overrides(shards, phantom)
+    if method == "diseasemask":
+        return diseasemask_overrides(shards)
+    return attention_overrides(method, shards)
