@@ -122,6 +122,7 @@ class WandbTracker(Tracker):
         self._axes: set[str] = set()
         self._jsonl = Path(run_dir) / "logs" / "metrics.jsonl"
         self._jsonl.parent.mkdir(parents=True, exist_ok=True)
+        self._jsonl_file = self._jsonl.open("a", buffering=1)  # line-buffered: each row is on disk at once
         self.run = wandb.init(
             project=project,
             entity=entity,
@@ -153,8 +154,7 @@ class WandbTracker(Tracker):
             self.run = None
 
     def _append(self, row: dict[str, Any]) -> None:
-        with self._jsonl.open("a") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), **row}, default=float) + "\n")
+        self._jsonl_file.write(json.dumps({"time": round(time.time(), 3), **row}, default=float) + "\n")
 
     def _step_key(self, prefix: str) -> str:
         # Each stage has its own step axis: W&B's own step must only grow, and stages restart at 0.
@@ -169,27 +169,23 @@ class WandbTracker(Tracker):
 
     def log(self, metrics: dict[str, Any], step: int, prefix: str = "run") -> None:
         row = {(k if k.startswith(f"{prefix}/") else f"{prefix}/{k}"): v for k, v in metrics.items() if v is not None}
-        row[f"{prefix}/step"] = step
+        row[self._step_key(prefix)] = step
         self._append({**row, "wandb": self.run is not None})
-        if self.run is not None:
-            self._step_key(prefix)
-            self._call("log", lambda: self.run.log(row))
+        self._call("log", lambda: self.run.log(row))
 
     def log_images(self, images: dict[str, str], step: int, prefix: str = "run") -> None:
-        if self.run is not None:
-            key = self._step_key(prefix)
-            self._call(
-                "log_images",
-                lambda: self.run.log({**{f"{prefix}/{k}": self._wandb.Image(v) for k, v in images.items()}, key: step}),
-            )
+        key = self._step_key(prefix)
+        self._call(
+            "log_images",
+            lambda: self.run.log({**{f"{prefix}/{k}": self._wandb.Image(v) for k, v in images.items()}, key: step}),
+        )
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
-        if self.run is not None:
-            self._call("log_table", lambda: self.run.log({name: self._wandb.Table(columns=columns, data=rows)}))
+        self._call("log_table", lambda: self.run.log({name: self._wandb.Table(columns=columns, data=rows)}))
 
     def finish(self) -> None:
-        if self.run is not None:
-            self._call("finish", self.run.finish)
+        self._call("finish", lambda: self.run.finish())
+        self._jsonl_file.close()
 
 
 def build_tracker(
