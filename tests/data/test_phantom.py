@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrdist.data.phantom import (
+from cxrdist.data.phantom import make_phantom
+from cxrdist.data.phantom_draw import draw_radiograph
+from cxrdist.data.phantom_meta import (
     BBOX_LIST,
     DATA_ENTRY,
     TEST_LIST,
@@ -21,10 +23,8 @@ from cxrdist.data.phantom import (
     Metadata,
     default_metadata_dir,
     load_metadata,
-    make_phantom,
     select_images,
 )
-from cxrdist.data.phantom_draw import draw_radiograph
 from cxrdist.labels import BOX_CLASSES, LABEL_INDEX, normalize_label
 
 SIZE = 64  # the session phantom's size (tests/conftest.py)
