@@ -21,11 +21,15 @@ class DCNN(Method):
         pretrained: bool = True  # ImageNet ResNet-50
         pool: str = "lse"  # avg | max | lse (Wang et al. §4)
         lse_r: float = 10.0
+        transition_norm: bool = False  # BatchNorm after the transition conv (choice; needed from scratch, see model)
 
     def build_model(self, stage: str):
         """The network of ``stage``."""
         m = self.model_cfg
-        return build_model("dcnn", pretrained=m.pretrained, in_chans=self.in_chans(stage), pool=m.pool, lse_r=m.lse_r)
+        return build_model(
+            "dcnn", pretrained=m.pretrained, in_chans=self.in_chans(stage), pool=m.pool, lse_r=m.lse_r,
+            transition_norm=m.transition_norm,
+        )  # fmt: skip
 
     def stages(self) -> list[Stage]:
         return self.train_and_eval("train", build_context_free(self, "train"))

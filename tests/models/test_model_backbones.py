@@ -36,6 +36,15 @@ def test_torchvision_backbones_match_reference_minus_classifier(name, reference,
     assert out.min() >= 0  # the last map is post-ReLU for every backbone (CAM and CRAL rely on it)
 
 
+@pytest.mark.parametrize(("name", "last_bn"), [("resnet18", "bn2"), ("resnet50", "bn3"), ("seresnet101", "bn3")])
+def test_random_resnets_start_with_zero_residual_branches(name, last_bn):
+    """Every random ResNet (torchvision's and timm's SE-ResNet alike) starts each residual branch at zero."""
+    features, _ = build_backbone(name)
+    blocks = [m for layer in ("layer1", "layer2", "layer3", "layer4") for m in getattr(features, layer)]
+    assert blocks and all(torch.count_nonzero(getattr(b, last_bn).weight) == 0 for b in blocks)
+    assert all(torch.count_nonzero(b.bn1.weight) > 0 for b in blocks)  # only the branch's last BN
+
+
 @pytest.fixture(scope="module")
 def seresnet101():
     torch.manual_seed(0)

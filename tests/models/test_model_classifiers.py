@@ -94,6 +94,24 @@ def test_dcnn_count(model_cache):
     assert count(model_cache("dcnn")) == expected == 42_397_774
 
 
+def test_dcnn_transition_norm_from_the_method_config():
+    """``method.model.transition_norm`` reaches the model: a BatchNorm after the conv, 2·1024 more parameters."""
+    from cxrdist.config import compose
+    from cxrdist.methods import get_method
+
+    cfg = compose(["method=dcnn", "data.root=/unused", "method.model.pretrained=false"])
+    plain = get_method("dcnn")(cfg).build_model("train")
+    cfg = compose(
+        ["method=dcnn", "data.root=/unused", "method.model.pretrained=false", "method.model.transition_norm=true"]
+    )
+    normed = get_method("dcnn")(cfg).build_model("train")
+    assert isinstance(plain.transition, torch.nn.Conv2d)
+    assert isinstance(normed.transition[1], torch.nn.BatchNorm2d) and normed.transition[1].num_features == 1024
+    assert count(normed) - count(plain) == 2 * 1024
+    logits, maps = normed.eval().forward_with_maps(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, K) and maps.shape == (2, K, 2, 2)
+
+
 def test_ma_count(model_cache):
     se_features = count(timm.create_model("seresnet101", num_classes=0))
     assert count(model_cache("ma")) == se_features + conv_params(4096, K, 1) == 47_335_230
