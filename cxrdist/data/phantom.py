@@ -39,13 +39,12 @@ from cxrdist.data.phantom_meta import (
     TRAIN_VAL_LIST,
     Metadata,
     default_metadata_dir,
-    load_metadata,
     load_metadata_cached,
     select_images,
 )
 from cxrdist.labels import BOX_CLASSES, LABEL_INDEX, LABELS, normalize_label, parse_finding_labels
 
-__all__ = ["PhantomSummary", "default_metadata_dir", "draw_radiograph", "load_metadata", "make_phantom"]
+__all__ = ["PhantomSummary", "default_metadata_dir", "draw_radiograph", "make_phantom"]
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +290,7 @@ def make_phantom(
         )
     out = Path(out)
     folder = Path(metadata_dir) if metadata_dir is not None else default_metadata_dir()
-    meta = load_metadata_cached(str(folder.resolve()), tuple(p.stat().st_mtime_ns for p in sorted(folder.iterdir())))
+    meta = load_metadata_cached(folder)
     chosen = select_images(meta, num_images, seed)
     seg = _seg_names(seg_images)
     was_phantom = _prepare_out(out)

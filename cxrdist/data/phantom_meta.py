@@ -86,9 +86,15 @@ def load_metadata(folder: Path) -> Metadata:
     return Metadata(entry[0], rows, patient, bbox[0], boxes, [s.strip() for s in tv], [s.strip() for s in te])
 
 
+def load_metadata_cached(folder: Path) -> Metadata:
+    """:func:`load_metadata`, reused within a process while the folder's files are unchanged (their mtimes)."""
+    folder = Path(folder).resolve()
+    return _load_cached(str(folder), tuple(p.stat().st_mtime_ns for p in sorted(folder.iterdir())))
+
+
 @functools.lru_cache(maxsize=2)
-def load_metadata_cached(folder: str, stamp: tuple[int, ...]) -> Metadata:
-    """Parsing 112k rows takes ~1 s: reuse it within a process while the files are unchanged (``stamp``)."""
+def _load_cached(folder: str, stamp: tuple[int, ...]) -> Metadata:
+    """Parsing 112k rows takes ~1 s; ``stamp`` only keys the cache."""
     return load_metadata(Path(folder))
 
 

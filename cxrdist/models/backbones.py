@@ -47,8 +47,8 @@ def build_torchvision_model(name: str, pretrained: bool) -> nn.Module:
     if not pretrained:
         # A random ResNet starts with every residual branch's last BN scale at zero (Goyal et al. 2017), as timm's
         # SE-ResNet-101 does by default (zero_init_last): measured on the 64-px phantom, ResNet-50 from scratch at
-        # Adam 1e-3 reaches a lower loss in the first epochs with it (benchmarks/README.md). ImageNet weights
-        # overwrite these scales, so pretrained runs are unaffected.
+        # Adam 1e-3 reaches a lower loss in the first epochs with it (README, "Learning check on the phantom").
+        # ImageNet weights overwrite these scales, so pretrained runs are unaffected.
         kwargs = {"zero_init_residual": True} if name.startswith("resnet") else {}
         return builder(weights=None, **kwargs)
     try:
