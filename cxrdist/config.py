@@ -52,6 +52,9 @@ class EngineConfig:
     ckpt_every_steps: int = 500
     ckpt_every_minutes: float = 15.0
     keep_last: int = 2
+    # A stage with DONE.json never resumes, so its resume checkpoints (model + optimizer + loader state, ~3x the
+    # weights under Adam) are deleted once DONE.json is written; best.pt / last.pt stay. true keeps them.
+    keep_resume_ckpt: bool = False
     log_every_steps: int = 20
     progress: bool = True  # tqdm bar on rank 0 when attached to a terminal
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)

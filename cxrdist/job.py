@@ -77,7 +77,7 @@ def rank_session(cfg_dict: dict[str, Any], run_dir: str, tracker_config: dict[st
     from cxrdist import dist
     from cxrdist.config import from_container
     from cxrdist.engine.stages import StageContext
-    from cxrdist.log import build_tracker, setup_logging
+    from cxrdist.log import build_tracker, close_log_files, setup_logging
 
     env = dist.from_environment()
     setup_logging(run_dir, env.rank)
@@ -100,6 +100,7 @@ def rank_session(cfg_dict: dict[str, Any], run_dir: str, tracker_config: dict[st
     finally:
         tracker.finish()
         dist.shutdown()
+        close_log_files()
 
 
 def run_rank(cfg_dict: dict[str, Any], run_dir: str, stages_fn: Callable | None = None) -> dict[str, Any]:

@@ -60,6 +60,19 @@ def setup_logging(run_dir: str | Path | None, rank: int, level: int = logging.IN
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def close_log_files() -> None:
+    """Detach and close the per-rank log files of :func:`setup_logging` (the console handler stays).
+
+    Called when a rank's session ends, so records logged later in the same process (the launcher, a next run)
+    do not land in, or reopen, a finished run's log file.
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_cxrdist", False) and isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+            h.close()
+
+
 class Tracker:
     """What the engine logs to: a no-op base (``logger=none`` and ranks other than 0)."""
 

@@ -3,6 +3,8 @@
 A stage is finished when ``RUN/stages/NN_name/DONE.json`` exists: rank 0 writes it (temp + rename) after a
 barrier, with the stage's outputs, the hash of the config the stage depends on and the code version. A DONE
 written under another config is an error (a run dir is tied to its config; see job.py for ``--force``).
+Once DONE.json is in place the stage's resume checkpoints (``ckpt/``) are deleted unless
+``engine.keep_resume_ckpt``: a finished stage never resumes, and they are the bulk of a run's disk.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -66,6 +69,18 @@ def _write_done(stage_dir: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, stage_dir / "DONE.json")
 
 
+def _drop_resume_checkpoints(stage_dir: Path) -> None:
+    """Delete a finished stage's ``ckpt/`` (after DONE.json, so a crash here leaves a finished stage)."""
+    ckpt = stage_dir / "ckpt"
+    if not ckpt.is_dir():
+        return
+    size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+    shutil.rmtree(ckpt)
+    logger.info(
+        "stage %s: deleted its resume checkpoints (%.1f MB; engine.keep_resume_ckpt=false)", stage_dir.name, size / 1e6
+    )
+
+
 def run_stages(ctx: StageContext, stages: list[Stage]) -> dict[str, dict[str, Any]]:
     """Run every unfinished stage in order (collectively); return each stage's DONE record."""
     dirs = stage_dirs(ctx.run_dir, stages)
@@ -103,6 +118,8 @@ def run_stages(ctx: StageContext, stages: list[Stage]) -> dict[str, dict[str, An
         }
         if ctx.env.is_main:
             _write_done(sdir, record)
+            if not ctx.cfg.engine.keep_resume_ckpt:
+                _drop_resume_checkpoints(sdir)
         dist.barrier()
         records[stage.name] = record
         logger.info("stage %s: done in %.1f s", stage.name, record["seconds"])

@@ -4,6 +4,7 @@ NaN guard, stage skipping, W&B run id across restarts."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -109,6 +110,15 @@ def test_deepspeed_single_process(shard_root: Path, tmp_path: Path):
     assert same(ref, got, atol=1e-6)
 
 
+@pytest.mark.parametrize("keep", [False, True])
+def test_finished_stage_drops_resume_checkpoints(shard_root: Path, tmp_path: Path, keep: bool):
+    """DONE stages never resume: ckpt/ goes once DONE.json is written (unless kept); best.pt/last.pt stay."""
+    _one_step_weights(shard_root, tmp_path / "run", 1, "engine.ckpt_every_steps=1", f"engine.keep_resume_ckpt={keep}")
+    sdir = tmp_path / "run" / "stages" / "00_train"
+    assert read_done(sdir) is not None and (sdir / "best.pt").is_file() and (sdir / "last.pt").is_file()
+    assert (sdir / "ckpt" / "step-00000002").is_dir() == keep and (sdir / "ckpt").exists() == keep
+
+
 class _NaNAfter(TinyNet):
     calls = 0
 
@@ -164,3 +174,9 @@ def test_train_then_evaluate_writes_reports(shard_root: Path, tmp_path: Path):
     hm = __import__("numpy").load(out / "bbox" / "heatmaps.npz")
     assert len(hm["keys"]) == loc["num_pairs"] and hm["heatmaps"].shape[1:] == (224, 224)
     assert (out / "test" / "roc.png").stat().st_size > 0 and list((out / "bbox" / "heatmaps").glob("*.png"))
+    # The in-process rank session closed its log file: later records neither land in nor reopen it.
+    log_file = tmp_path / "ev" / "logs" / "rank0.log"
+    assert not [h for h in logging.getLogger().handlers if getattr(h, "baseFilename", "") == str(log_file)]
+    size = log_file.stat().st_size
+    logging.getLogger("cxrdist.test").warning("after the run")
+    assert log_file.stat().st_size == size
