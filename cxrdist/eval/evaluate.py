@@ -100,6 +100,36 @@ def _overlays(
     return written
 
 
+def _localize(maps: np.ndarray, loader: BaseLoader, ecfg: Any, out: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The localization protocols on the gathered maps; writes heatmaps.npz, localization.md and overlays."""
+    boxes = _boxes(loader)
+    heatmaps = uncrop_maps(maps, loader, ecfg.compare_size)
+    sizes = {loader.reader.keys[i]: tuple(loader.reader.meta(i)["size"]) for i in range(len(loader.reader))}
+    loc = evaluate_localization(
+        heatmaps,
+        boxes,
+        orig_size=sizes,
+        compare_size=ecfg.compare_size,
+        thresholds=list(ecfg.thresholds),
+        connectivity=ecfg.connectivity,
+    )
+    pairs = sorted(heatmaps)
+    np.savez_compressed(
+        out / "heatmaps.npz",
+        keys=np.array([k for k, _ in pairs]),
+        class_index=np.array([c for _, c in pairs]),
+        heatmaps=np.stack([heatmaps[p] for p in pairs]).astype(np.float16)
+        if pairs
+        else np.zeros((0, ecfg.compare_size, ecfg.compare_size), np.float16),
+        size=np.array([ecfg.compare_size, ecfg.compare_size]),
+    )
+    (out / "localization.md").write_text(localization_table_md(loc) + "\n")
+    overlays = _overlays(
+        out / "heatmaps", loader, heatmaps, boxes, ecfg.compare_size, ecfg.heatmap_examples, float(ecfg.thresholds[0])
+    )
+    return loc, overlays
+
+
 def evaluate_split(
     ctx: StageContext, model: torch.nn.Module, stage: EvalStage, split: str, out: Path
 ) -> dict[str, Any] | None:
@@ -131,38 +161,8 @@ def evaluate_split(
     plot_roc(labels, logits, out / "roc.png")
     images = {f"{split}/roc": str(out / "roc.png")}
     if split == "bbox":
-        boxes = _boxes(loader)
-        heatmaps = uncrop_maps(placed["maps"], loader, ecfg.compare_size)
-        sizes = {loader.reader.keys[i]: tuple(loader.reader.meta(i)["size"]) for i in range(len(loader.reader))}
-        loc = evaluate_localization(
-            heatmaps,
-            boxes,
-            orig_size=sizes,
-            compare_size=ecfg.compare_size,
-            thresholds=list(ecfg.thresholds),
-            connectivity=ecfg.connectivity,
-        )
-        pairs = sorted(heatmaps)
-        np.savez_compressed(
-            out / "heatmaps.npz",
-            keys=np.array([k for k, _ in pairs]),
-            class_index=np.array([c for _, c in pairs]),
-            heatmaps=np.stack([heatmaps[p] for p in pairs]).astype(np.float16)
-            if pairs
-            else np.zeros((0, ecfg.compare_size, ecfg.compare_size), np.float16),
-            size=np.array([ecfg.compare_size, ecfg.compare_size]),
-        )
-        (out / "localization.md").write_text(localization_table_md(loc) + "\n")
-        metrics["localization"] = loc
-        images |= _overlays(
-            out / "heatmaps",
-            loader,
-            heatmaps,
-            boxes,
-            ecfg.compare_size,
-            ecfg.heatmap_examples,
-            float(ecfg.thresholds[0]),
-        )
+        metrics["localization"], overlays = _localize(placed["maps"], loader, ecfg, out)
+        images |= overlays
     _write_json(out / "metrics.json", metrics)
     ctx.tracker.log(
         {f"{split}/auroc_mean": auroc["mean"]} | {f"{split}/auroc/{k}": v for k, v in auroc["per_class"].items()},
