@@ -75,7 +75,13 @@ def _drop_resume_checkpoints(stage_dir: Path) -> None:
     if not ckpt.is_dir():
         return
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
-    shutil.rmtree(ckpt)
+    try:
+        shutil.rmtree(ckpt)
+    except OSError as e:  # e.g. NFS silly-renamed files: the stage is finished, only the disk is not freed
+        logger.warning(
+            "stage %s: could not delete %s (%s); the stage is finished, delete it by hand", stage_dir.name, ckpt, e
+        )
+        return
     logger.info(
         "stage %s: deleted its resume checkpoints (%.1f MB; engine.keep_resume_ckpt=false)", stage_dir.name, size / 1e6
     )

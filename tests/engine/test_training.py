@@ -119,6 +119,27 @@ def test_finished_stage_drops_resume_checkpoints(shard_root: Path, tmp_path: Pat
     assert (sdir / "ckpt" / "step-00000002").is_dir() == keep and (sdir / "ckpt").exists() == keep
 
 
+def test_failed_checkpoint_cleanup_does_not_fail_a_finished_stage(
+    shard_root: Path, tmp_path: Path, monkeypatch, caplog
+):
+    from cxrdist.engine import pipeline
+
+    def broken_rmtree(path):
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(pipeline.shutil, "rmtree", broken_rmtree)
+    cfg = tiny_cfg(shard_root, tmp_path / "nfs")
+    prepare_run(cfg)
+    ctx = StageContext(
+        cfg=cfg, run_dir=tmp_path / "nfs", env=__import__("cxrdist.dist").dist.DistEnv(), tracker=Tracker()
+    )
+    stage = FunctionStage("a", lambda c: (c.stage_dir / "ckpt" / "step-00000001").mkdir(parents=True) or {})
+    with caplog.at_level(logging.WARNING):
+        run_stages(ctx, [stage])
+    assert read_done(tmp_path / "nfs" / "stages" / "00_a") is not None
+    assert "could not delete" in caplog.text and "Directory not empty" in caplog.text
+
+
 class _NaNAfter(TinyNet):
     calls = 0
 
