@@ -119,10 +119,14 @@ def load_checkpoint(path: Path, strategy: Strategy) -> dict[str, Any]:
 
 
 def save_model_weights(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Save plain model weights (e.g. the best-by-val model) atomically: ``{"model": ..., "meta": ...}``."""
+    """Save plain model weights (e.g. the best-by-val model) atomically: ``{"model": ..., "meta": ...}``.
+
+    Stored as CPU tensors, so weights trained on a GPU load with a plain ``torch.load`` on a machine without one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": weights, "meta": meta}, tmp)
     os.replace(tmp, path)
 
 

@@ -145,7 +145,16 @@ class DeepSpeedStrategy(Strategy):
             "zero_optimization": {"stage": self.zero_stage},
             # The recipes' torch SGD/Adam: ZeRO partitions any torch optimizer's state; DeepSpeed only lists its own.
             "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": self.dtype == torch.bfloat16},
+            # bf16 as torch autocast inside the engine, fp32 weights and fp32 gradient reduction: the same numerics
+            # as DDP. (DeepSpeed's "bf16" section instead casts the weights to bf16 and turns an outer autocast off
+            # inside its forward, so fp32 inputs meet bf16 weights: "Input type (float) and bias type (BFloat16)
+            # should be the same", seen on an H100.) An empty safe-module list keeps every gradient's all-reduce
+            # in fp32.
+            "torch_autocast": {
+                "enabled": self.dtype == torch.bfloat16,
+                "dtype": "bfloat16",
+                "lower_precision_safe_modules": [],
+            },
             "gradient_clipping": float(self.grad_clip or 0.0),
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
@@ -157,7 +166,7 @@ class DeepSpeedStrategy(Strategy):
         self.model, self.optimizer, self._base_optimizer = engine, opt, optimizer
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        # DeepSpeed's bf16 mode keeps bf16 weights itself; autocast covers ops outside the module too.
+        # The engine autocasts its forward itself (torch_autocast section); this covers the loss outside it.
         return super().autocast()
 
     def backward(self, loss: torch.Tensor) -> bool:

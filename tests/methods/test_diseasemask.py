@@ -96,7 +96,7 @@ def test_align_stage_with_untrained_net_writes_identity_rows(shard_root: Path, t
     loader = ctx.make_loader(ctx.loader_spec(split="train", train=False, transforms=method.recipe("align").transforms,
                                              batch=16))  # fmt: skip
     normal = [b["image"][b["labels"].sum(1) == 0] for b in loader]
-    expect = torch.cat(normal).double().mean(0).float().numpy()
+    expect = torch.cat(normal).double().mean(0).float().cpu().numpy()  # batches are on the GPU when there is one
     np.testing.assert_allclose(np.load(ctx.stage_dir / "anchor.npy"), expect, atol=1e-5)
     assert out["anchor_images"] == sum(len(n) for n in normal) and out["history"] == []
 

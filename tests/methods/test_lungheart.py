@@ -103,6 +103,7 @@ def test_classifier_batch_carries_the_cropped_mask(lh_run: Path, shard_root, pha
     recipe = method.recipe("classify")
     spec = ctx.loader_spec(split="val", train=False, transforms=recipe.transforms, batch=4, **method.loader_extras(ctx))
     batch = next(iter(ctx.make_loader(spec)))
+    batch = {k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}  # on the GPU when there is one
     assert batch["image"].shape == (4, 3, 64, 64) and batch["mask"].shape == (4, 1, 64, 64)
     # the stored 16² full-frame mask, cropped like the image (resize 72 → crop 64 = the central 8/9 of the frame)
     stored = torch.from_numpy(np.load(lh_run / "stages" / "01_masks" / "val" / "mask.npy")[:4].astype(np.float32))
