@@ -102,12 +102,6 @@ def from_environment(env: dict[str, str] | None = None) -> DistEnv:
 
 def init(env: DistEnv, timeout_s: int = 1800) -> None:
     """Join the process group (no-op for one process); pin the CUDA device first."""
-    if env.backend == "nccl" and env.local_world_size > torch.cuda.device_count():
-        # NCCL refuses two ranks on one GPU ("Duplicate GPU detected", seen on a 1-GPU H100 machine with nproc 2).
-        raise RuntimeError(
-            f"{env.local_world_size} ranks on this node but {torch.cuda.device_count()} visible GPU(s): NCCL needs "
-            f"one GPU per rank; start at most {torch.cuda.device_count()} per node (--nproc / --gpus-per-node)"
-        )
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
     if env.world_size == 1 or torch_dist.is_initialized():

@@ -144,12 +144,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_local_gpus(nproc: int) -> None:
+    """With CUDA, ``nproc`` local ranks need as many visible GPUs: NCCL refuses two ranks on one GPU
+    ("Duplicate GPU detected", seen on a 1-GPU H100 machine with nproc 2). Slurm jobs are matched by the launcher
+    (tasks per node = GPUs per node), and a per-task GPU binding there is valid, so the check lives here."""
+    import torch
+
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise RuntimeError(
+            f"{nproc} ranks on this node but {torch.cuda.device_count()} visible GPU(s): NCCL needs one GPU per "
+            f"rank; start at most {torch.cuda.device_count()} (--nproc)"
+        )
+
+
 def run_local(cfg, nproc: int = 1, force: bool = False, stages_fn: Callable | None = None) -> Path:
     """Run a method on this machine with ``nproc`` processes (gloo on CPU); returns the run dir."""
     import torch.multiprocessing as mp
 
     from cxrdist.config import to_container
 
+    check_local_gpus(nproc)
     run_dir = prepare_run(cfg, force=force)
     cfg_dict = to_container(cfg)
     if nproc == 1:

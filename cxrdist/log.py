@@ -40,9 +40,7 @@ class _RankFilter(logging.Filter):
 def setup_logging(run_dir: str | Path | None, rank: int, level: int = logging.INFO) -> None:
     """Console handler on rank 0 (warnings and errors on the others), a file per rank in ``RUN/logs``."""
     root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_cxrdist", False):
-            root.removeHandler(h)
+    _detach(lambda h: True)
     root.setLevel(level)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(level if rank == 0 else logging.WARNING)
@@ -66,9 +64,14 @@ def close_log_files() -> None:
     Called when a rank's session ends, so records logged later in the same process (the launcher, a next run)
     do not land in, or reopen, a finished run's log file.
     """
+    _detach(lambda h: isinstance(h, logging.FileHandler))
+
+
+def _detach(which: Callable[[logging.Handler], bool]) -> None:
+    """Remove and close the root logger's handlers installed by :func:`setup_logging` that ``which`` selects."""
     root = logging.getLogger()
     for h in list(root.handlers):
-        if getattr(h, "_cxrdist", False) and isinstance(h, logging.FileHandler):
+        if getattr(h, "_cxrdist", False) and which(h):
             root.removeHandler(h)
             h.close()
 
