@@ -30,6 +30,7 @@ from cxrdist.data.format import (
     read_json,
     shard_name,
 )
+from cxrdist.data.images import Refused, gray_from_pil, jpeg_bytes, resize_gray
 from cxrdist.data.nih import BBOX_LIST, DATA_ENTRY, SPLITS, DataError, Record, find_file, plan_splits, sha256_file
 from cxrdist.labels import LABELS, NUM_LABELS
 
@@ -68,34 +69,23 @@ class ShardTask:
 
 
 def load_gray(path: Path) -> np.ndarray:
-    """Decode a PNG to 8-bit grayscale; error naming the file if it is missing or not decodable as grayscale."""
+    """Decode a PNG to 8-bit grayscale (rules: ``images.gray_from_pil``); error naming the file if it is missing
+    or not decodable as grayscale."""
     if not path.is_file():
         raise DataError(f"{path}: image file missing")
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I"):
-                # 16-bit PNGs: keep the full range, scaled to 8 bits.
-                arr = np.asarray(im, dtype=np.float64)
-                hi = arr.max() if arr.max() > 0 else 1.0
-                return np.round(arr / hi * 255.0).astype(np.uint8)
-            if im.mode not in ("L", "LA", "RGB", "RGBA", "P", "1"):
-                raise DataError(f"{path}: PNG mode {im.mode!r} is not decodable as grayscale")
-            return np.asarray(im.convert("L"), dtype=np.uint8)
-    except DataError:
-        raise
+            return gray_from_pil(im)
+    except Refused as e:
+        raise DataError(f"{path}: {e}") from None
     except Exception as e:  # PIL raises many types for corrupt files
         raise DataError(f"{path}: corrupt or undecodable image: {type(e).__name__}: {e}") from None
 
 
 def encode_jpeg(gray: np.ndarray, size: int, quality: int) -> bytes:
-    """Resize a grayscale image to size×size (0 keeps it) and encode it as JPEG."""
-    im = Image.fromarray(gray, mode="L")
-    if size and im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BILINEAR)  # PIL's bilinear is antialiased when shrinking
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    """Resize a grayscale image to size×size (0 keeps it) and encode it as JPEG (the steps predict reuses)."""
+    return jpeg_bytes(resize_gray(gray, size), quality)
 
 
 def build_sample(rec: Record, root: Path, cfg: WriterConfig) -> dict[str, bytes]:
