@@ -2,5 +2,6 @@
 
 The modules here are pure functions over numpy arrays (rank-0 compute); they never name a method. Import the
 submodules directly (``cxrdist.eval.classification``, ``.localization``, ``.gather``, ``.figures``,
-``.tables``) so that, e.g., computing AUROC does not import matplotlib.
+``.tables``) so that, e.g., computing AUROC does not import matplotlib. Intervals and tests: ``.delong`` (per-class
+DeLong CIs, paired DeLong test), ``.bootstrap`` (patient-clustered bootstrap, paired), ``.stats`` (Holm, key checks).
 """
