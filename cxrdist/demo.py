@@ -5,12 +5,13 @@ Each step is skipped when its output is already complete, so ``make demo`` can b
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
 from pathlib import Path
+
+from cxrdist import cli
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +37,12 @@ def run_data_steps(out: Path, num_images: int, size: int, shard_size: int, worke
     print(f"   {time.perf_counter() - t0:.1f} s")
     t0 = _step(f"2. shards ({shard_size} px JPEG, DALI index beside each tar) → {shards}")
     cfg = WriterConfig(nih_root=str(phantom), out=str(shards), size=shard_size, samples_per_shard=250, workers=workers)
-    info = write_dataset(cfg, progress=sys.stderr.isatty())
+    info = write_dataset(cfg, progress=True)
     for split, i in info.items():
         print(f"   {split:5s} {i['num_samples']:6d} samples, {len(i['shards'])} shard(s)")
     print(f"   {time.perf_counter() - t0:.1f} s")
     t0 = _step("3. verify: checksums, counts, every image decoded")
-    print(format_report(verify_dataset(shards)))
+    print(format_report(verify_dataset(shards, progress=True)))
     print(f"   {time.perf_counter() - t0:.1f} s")
     return shards
 
@@ -65,6 +66,7 @@ def run_training_steps(out: Path, shards: Path, nproc: int, extra: list[str]) ->
     it, then print the evaluation tables and write the report."""
     from cxrdist.eval.report import write_report
     from cxrdist.launcher import submit
+    from cxrdist.progress import follow
 
     run_dir = (out / "runs" / "chexnet").resolve()
     argv = [
@@ -81,7 +83,9 @@ def run_training_steps(out: Path, shards: Path, nproc: int, extra: list[str]) ->
     t0 = _step(f"4. train + evaluate chexnet: python launch/submit.py {' '.join(argv)}")
     job = submit(argv)
     print(f"   job {job['job_id']}, {nproc} tasks (gloo); W&B offline in {job['wandb']}; log: {job['follow'][0]}")
-    job["job"].results()  # raises the job's error, if any
+    print("   rank 0's log as it goes:", flush=True)
+    with follow(run_dir):  # the job's console is a file: show rank 0's lines (and a bar on a terminal) here
+        job["job"].results()  # raises the job's error, if any
     done = json.loads((run_dir / "stages" / "00_train" / "DONE.json").read_text())["outputs"]
     for h in done["history"]:
         print(
@@ -98,9 +102,9 @@ def run_training_steps(out: Path, shards: Path, nproc: int, extra: list[str]) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo end to end."""
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--num-images", type=int, default=2000)
+    p = cli.parser("cxrdist.demo", __doc__)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where everything goes")
+    p.add_argument("--num-images", type=int, default=2000, help="phantom images")
     p.add_argument("--size", type=int, default=256, help="phantom image side")
     p.add_argument("--shard-size", type=int, default=128, help="stored side in the shards")
     p.add_argument("--workers", type=int, default=2)
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for the training run")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cxrdist.progress").setLevel(logging.INFO)  # progress lines when stderr is no terminal
     args.out.mkdir(parents=True, exist_ok=True)
     shards = run_data_steps(args.out, args.num_images, args.size, args.shard_size, args.workers)
     if not args.data_only:

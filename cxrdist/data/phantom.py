@@ -43,6 +43,7 @@ from cxrdist.data.phantom_meta import (
     select_images,
 )
 from cxrdist.labels import BOX_CLASSES, LABEL_INDEX, LABELS, normalize_label, parse_finding_labels
+from cxrdist.progress import Progress
 
 __all__ = ["PhantomSummary", "default_metadata_dir", "draw_radiograph", "make_phantom"]
 
@@ -149,20 +150,18 @@ def _one_blas_thread() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _run_tasks(tasks: list[tuple], workers: int) -> None:
-    with _one_blas_thread():
+def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> None:
+    with _one_blas_thread(), Progress(len(tasks), "phantom", enabled=progress) as bar:
         if workers <= 1 or len(tasks) < 8:
-            for i, t in enumerate(tasks, 1):
+            for t in tasks:
                 _do_task(t)
-                if i % 500 == 0:
-                    logger.info("drew %d/%d images", i, len(tasks))
+                bar.update()
             return
         # spawn, not fork: the caller may hold threads (torch, loaders) that fork would copy mid-state.
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             chunk = max(1, min(32, len(tasks) // (8 * workers)))
-            for i, _ in enumerate(pool.imap_unordered(_do_task, tasks, chunksize=chunk), 1):
-                if i % 500 == 0:
-                    logger.info("drew %d/%d images", i, len(tasks))
+            for _ in pool.imap_unordered(_do_task, tasks, chunksize=chunk):
+                bar.update()
 
 
 def _seg_names(count: int) -> list[tuple[str, str]]:
@@ -212,12 +211,38 @@ def _start_segmentation(root: Path, seg: list[tuple[str, str]], size: int) -> No
     _atomic_write(root / "README.txt", _SEG_README.format(w=2 * size, m=size))
 
 
+def check_phantom_out(out: Path) -> bool:
+    """``out`` may be written: missing, empty, or an earlier (or unfinished) phantom (then True)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: a file, not a folder; choose an empty folder")
+    was_phantom = (out / "phantom.json").exists() or (out / _UNFINISHED).exists()
+    if out.is_dir() and not was_phantom and any(out.iterdir()):
+        raise FileExistsError(f"{out}: not empty and not a phantom (no phantom.json); choose an empty folder")
+    return was_phantom
+
+
+def check_phantom_settings(num_images: int, size: int, difficulty: float, seg_images: int, workers: int) -> None:
+    """The generator's numeric settings (one ValueError naming every bad one)."""
+    bad = [
+        f"{name}={value} (must be {rule})"
+        for name, value, ok, rule in (
+            ("num_images", num_images, num_images >= 1, ">= 1"),
+            ("size", size, size >= 32, ">= 32"),
+            ("difficulty", difficulty, 0.0 <= difficulty <= 1.0, "0..1"),
+            ("seg_images", seg_images, 0 <= seg_images <= 247, "0..247"),
+            ("workers", workers, workers >= 1, ">= 1"),
+        )
+        if not ok
+    ]
+    if bad:
+        raise ValueError(f"bad phantom settings: {', '.join(bad)}")
+
+
 def _prepare_out(out: Path) -> bool:
     """Create ``out``; refuse a non-empty folder unless it is an earlier (or unfinished) phantom, then return True."""
+    was_phantom = check_phantom_out(out)
     out.mkdir(parents=True, exist_ok=True)
-    was_phantom = (out / "phantom.json").exists() or (out / _UNFINISHED).exists()
-    if not was_phantom and any(out.iterdir()):
-        raise FileExistsError(f"{out}: not empty and not a phantom (no phantom.json); choose an empty folder")
     (out / _UNFINISHED).touch()  # lets a rerun after a kill overwrite this folder
     (out / "phantom.json").unlink(missing_ok=True)  # the folder is complete again only with the new summary
     shutil.rmtree(out / "segmentation", ignore_errors=True)
@@ -267,6 +292,7 @@ def make_phantom(
     seg_images: int = 40,
     metadata_dir: Path | None = None,
     workers: int = 1,
+    progress: bool = True,
 ) -> PhantomSummary:
     """Generate a phantom ChestX-ray14 in ``out`` (see the module docstring for the layout).
 
@@ -279,15 +305,12 @@ def make_phantom(
         seg_images: JSRT + SCR style segmentation images (0..247), about half per fold.
         metadata_dir: folder with the NIH metadata files (default: :func:`default_metadata_dir`).
         workers: processes drawing images.
+        progress: show a meter (a bar on a terminal, else a log line every 30 s).
 
     Returns:
         The summary also written to ``out/phantom.json``.
     """
-    if num_images < 1 or size < 32 or not 0.0 <= difficulty <= 1.0 or not 0 <= seg_images <= 247 or workers < 1:
-        raise ValueError(
-            f"bad phantom settings: num_images={num_images} (>= 1), size={size} (>= 32), difficulty={difficulty} "
-            f"(0..1), seg_images={seg_images} (0..247), workers={workers} (>= 1)"
-        )
+    check_phantom_settings(num_images, size, difficulty, seg_images, workers)
     out = Path(out)
     folder = Path(metadata_dir) if metadata_dir is not None else default_metadata_dir()
     meta = load_metadata_cached(folder)
@@ -302,7 +325,7 @@ def make_phantom(
         tasks += [("seg", name, str(out / "segmentation"), seed, size, difficulty, fold) for name, fold in seg]
     logger.info("phantom: drawing %d images and %d segmentation images at %d px into %s", len(chosen), len(seg),
                 size, out)  # fmt: skip
-    _run_tasks(tasks, workers)
+    _run_tasks(tasks, workers, progress)
     if was_phantom:  # drop images an earlier, different phantom left behind
         keep = set(chosen)
         for path in (out / "images").iterdir():

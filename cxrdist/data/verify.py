@@ -14,6 +14,7 @@ from PIL import Image
 from cxrdist.data.format import COMPONENTS, decode_labels, read_index, read_json
 from cxrdist.data.nih import SPLITS, DataError, sha256_file
 from cxrdist.labels import BOX_CLASSES, LABELS, NUM_LABELS
+from cxrdist.progress import Progress
 
 
 @dataclass
@@ -80,8 +81,8 @@ def _check_sample(key: str, members: dict[str, bytes], where: str, rep: SplitRep
     rep.keys.append(key)
 
 
-def verify_split(root: Path, split: str) -> SplitReport:
-    """Verify one split against its ``_info.json``."""
+def verify_split(root: Path, split: str, progress: Progress | None = None) -> SplitReport:
+    """Verify one split against its ``_info.json`` (``progress`` counts its samples)."""
     info_path = root / split / "_info.json"
     if not info_path.is_file():
         raise DataError(f"{info_path}: missing manifest; did the writer finish (finalize)?")
@@ -101,6 +102,8 @@ def verify_split(root: Path, split: str) -> SplitReport:
         for key, members in samples.items():
             _check_sample(key, members, str(tar_path), rep)
         rep.shards += 1
+        if progress is not None:
+            progress.update(len(samples))
     rep.samples = len(rep.keys)
     if rep.samples != info["num_samples"] or len(set(rep.keys)) != rep.samples:
         raise DataError(
@@ -112,11 +115,16 @@ def verify_split(root: Path, split: str) -> SplitReport:
     return rep
 
 
-def verify_dataset(root: Path) -> dict[str, SplitReport]:
-    """Verify all splits and their patient disjointness (official scheme)."""
+def verify_dataset(root: Path, progress: bool = False) -> dict[str, SplitReport]:
+    """Verify all splits and their patient disjointness (official scheme); ``progress``: show a meter."""
     root = Path(root)
     header = read_json(root / "_dataset.json")
-    reports = {s: verify_split(root, s) for s in SPLITS}
+    total = 0
+    for s in SPLITS:
+        info = root / s / "_info.json"
+        total += read_json(info)["num_samples"] if info.is_file() else 0
+    with Progress(total, "verify", enabled=progress) as bar:
+        reports = {s: verify_split(root, s, bar) for s in SPLITS}
     if header["config"].get("split_scheme", "official") == "official":
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             both = reports[a].patients & reports[b].patients

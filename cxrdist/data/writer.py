@@ -33,6 +33,7 @@ from cxrdist.data.format import (
 from cxrdist.data.images import Refused, gray_from_pil, jpeg_bytes, resize_gray
 from cxrdist.data.nih import BBOX_LIST, DATA_ENTRY, SPLITS, DataError, Record, find_file, plan_splits, sha256_file
 from cxrdist.labels import LABELS, NUM_LABELS
+from cxrdist.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -237,12 +238,14 @@ def _write_task(args: tuple[ShardTask, WriterConfig]) -> dict[str, Any]:
 
 
 def write_shards(cfg: WriterConfig, start: int = 0, stop: int | None = None, progress: bool = True) -> list[dict]:
-    """Write shards ``start..stop`` of the task list (all by default) with ``cfg.workers`` processes."""
-    from tqdm import tqdm
+    """Write shards ``start..stop`` of the task list (all by default) with ``cfg.workers`` processes.
 
-    prepare_output(cfg)
+    ``progress``: a bar on a terminal, else a log line every 30 s. The task list is read (and the CSVs checked)
+    before the output folder is created.
+    """
     tasks = plan_tasks(cfg)[start:stop]
-    bar = tqdm(total=sum(len(t.records) for t in tasks), unit="img", disable=not progress, desc="shards")
+    prepare_output(cfg)
+    bar = Progress(sum(len(t.records) for t in tasks), "shards", enabled=progress)
     results = []
     work = [(t, cfg) for t in tasks]
     if cfg.workers <= 1:

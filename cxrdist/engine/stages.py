@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from cxrdist.data.loader import BaseLoader, LoaderSpec, build_loader
 from cxrdist.dist import DistEnv
 from cxrdist.log import Tracker
+from cxrdist.progress import Progress, progress_file
 
 ModelBuilder = Callable[["StageContext"], torch.nn.Module]
 Forward = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
@@ -41,6 +42,13 @@ class StageContext:
     tracker: Tracker
     stage_dir: Path = Path(".")
     stage_dirs: dict[str, Path] = field(default_factory=dict)  # every stage's dir, by name
+
+    def progress(self, total: int | None, desc: str, unit: str = "img", initial: int = 0) -> Progress:
+        """A progress meter of rank 0 (``engine.progress``): a bar on a terminal, else log lines; both also go
+        to ``RUN/logs/progress.json`` for a console that follows the run (see cxrdist/progress.py)."""
+        on = bool(self.env.is_main and self.cfg.engine.progress)
+        file = progress_file(self.run_dir) if on else None
+        return Progress(total, desc, unit, enabled=on, file=file, initial=initial)
 
     def stage_path(self, stage: str, *parts: str) -> Path:
         """Path of an artifact of stage ``stage`` (which must be part of this method)."""
@@ -177,7 +185,9 @@ class ScoreStage(Stage):
             **self.loader_extras(ctx),
         )
         loader = ctx.make_loader(spec)
-        placed = gather_to_main(run_inference(model, loader, forward=self.forward), loader.num_samples)
+        with ctx.progress(loader.num_samples, f"{self.name}: scoring {self.split}") as bar:
+            local = run_inference(model, loader, forward=self.forward, progress=bar)
+        placed = gather_to_main(local, loader.num_samples)
         return self.finish(ctx, placed, loader)
 
 

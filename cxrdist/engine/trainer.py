@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -83,6 +82,7 @@ class Trainer:
         self.train_loader = ctx.build_loader(stage, train=True, micro=self.micro, accum=self.accum)
         self.val_loader = ctx.build_loader(stage, train=False, split="val")
         self.state = TrainerState()
+        self._warned: set[str] = set()
         self.ckpt_root = ctx.stage_dir / "ckpt"
         if env.is_main:
             logger.info(
@@ -130,11 +130,12 @@ class Trainer:
         self._last_ckpt_time = time.monotonic()
         epochs = self.recipe.epochs
         while self.state.epochs_done < epochs:
+            t0 = time.perf_counter()
             if self.train_loader.epoch == self.state.epochs_done:
                 train_loss = self._run_epoch()
             else:  # killed after the epoch's last step but before its end-of-epoch work
                 train_loss = float("nan")
-            self._end_of_epoch(train_loss)
+            self._end_of_epoch(train_loss, t0)
             self.checkpoint()
         model = self.strategy.unwrap()
         if self.ctx.env.is_main:
@@ -170,22 +171,16 @@ class Trainer:
         bad, due_any, loss_sum = t.tolist()
         return bad > 0, due_any > 0, loss_sum
 
-    def _progress(self):
-        if not (self.ctx.env.is_main and self.ctx.cfg.engine.progress and sys.stderr.isatty()):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(
-            total=len(self.train_loader),
-            desc=f"{self.stage.name} epoch {self.train_loader.epoch}",
-            unit="step",
-            leave=False,
-        )
-
     def _run_epoch(self) -> float:
         eng, env, model = self.ctx.cfg.engine, self.ctx.env, self.strategy.model
         model.train()
-        bar, recent = self._progress(), []
+        recent: list[float] = []
+        per_step = self.micro * env.world_size  # images of one micro-step over all ranks
+        bar = self.ctx.progress(
+            len(self.train_loader) * per_step,
+            f"{self.stage.name} epoch {self.train_loader.epoch}",
+            initial=self.train_loader.sampler.state.consumed,  # a resumed epoch starts part-way
+        )
         t0, seen = time.perf_counter(), 0
         if self.train_loader.sampler.state.consumed == 0:
             self.state.loss_sum, self.state.loss_count = 0.0, 0
@@ -204,8 +199,7 @@ class Trainer:
             self.state.loss_count += env.world_size
             recent.append(loss_sum / env.world_size)
             seen += len(batch["index"]) * env.world_size
-            if bar is not None:
-                bar.update()
+            bar.update(len(batch["index"]) * env.world_size)
             if not stepped:
                 continue
             self.state.step += 1
@@ -222,8 +216,7 @@ class Trainer:
                 )
             if self.state.step % eng.ckpt_every_steps == 0 or due:
                 self.checkpoint()
-        if bar is not None:
-            bar.close()
+        bar.close()
         return self.state.loss_sum / max(self.state.loss_count, 1)
 
     def _validate(self) -> dict[str, float]:
@@ -235,12 +228,16 @@ class Trainer:
             labels = self.val_loader.reader.labels
             logits = torch.from_numpy(placed["logits"])
             metrics["val_loss"] = float(self.loss_fn(logits, torch.from_numpy(labels.astype(np.float32))))
-            res = auroc_per_class(labels, placed["logits"])
+            res = auroc_per_class(labels, placed["logits"], log=False)
+            for w in res["warnings"]:  # the val labels are the same every epoch: say each warning once
+                if w not in self._warned:
+                    self._warned.add(w)
+                    logger.warning("%s: val %s", self.stage.name, w)
             metrics["val_auroc"] = float("nan") if res["mean"] is None else float(res["mean"])
             metrics.update({f"val_auroc/{k}": v for k, v in res["per_class"].items() if v is not None})
         return dist.broadcast_object(metrics)
 
-    def _end_of_epoch(self, train_loss: float) -> None:
+    def _end_of_epoch(self, train_loss: float, t0: float) -> None:
         epoch = self.state.epochs_done
         metrics = {"train_loss": train_loss, **self._validate()}
         step_scheduler(self.scheduler, metrics)
@@ -269,12 +266,14 @@ class Trainer:
         )
         if self.ctx.env.is_main:
             logger.info(
-                "%s epoch %d: train loss %.4f, val loss %.4f, val AUROC %.4f%s",
+                "%s epoch %d/%d: train loss %.4f, val loss %.4f, val AUROC %.4f%s, %.1f s",
                 self.stage.name,
-                epoch,
+                epoch + 1,
+                self.recipe.epochs,
                 train_loss,
                 metrics["val_loss"],
                 metrics["val_auroc"],
                 " (best)" if self.state.best_epoch == epoch else "",
+                time.perf_counter() - t0,
             )
         dist.barrier()

@@ -28,7 +28,9 @@ def _check_inputs(labels: np.ndarray, scores: np.ndarray, class_names: Sequence[
         raise ValueError(f"scores contain NaN or inf for {bad}")
 
 
-def auroc_per_class(labels: np.ndarray, scores: np.ndarray, class_names: Sequence[str] = LABELS) -> dict[str, Any]:
+def auroc_per_class(
+    labels: np.ndarray, scores: np.ndarray, class_names: Sequence[str] = LABELS, log: bool = True
+) -> dict[str, Any]:
     """Per-class AUROC and their mean over the classes where it is defined.
 
     Each column goes to ``sklearn.metrics.roc_auc_score`` unchanged, so the numbers are identical to sklearn's
@@ -40,6 +42,7 @@ def auroc_per_class(labels: np.ndarray, scores: np.ndarray, class_names: Sequenc
         labels: ``(N, C)`` 0/1 ground truth (uint8 or int).
         scores: ``(N, C)`` float scores (logits or probabilities; AUROC only uses their order).
         class_names: names of the ``C`` columns (default: the 14 LABELS).
+        log: also log each warning (a caller that repeats the call on the same labels logs them once itself).
 
     Returns:
         ``per_class`` {name: float | None}, ``mean`` (over defined classes; None if none), ``num_defined``,
@@ -58,7 +61,8 @@ def auroc_per_class(labels: np.ndarray, scores: np.ndarray, class_names: Sequenc
             value = int(column[0])
             per_class[name] = None
             warnings.append(f"{name}: AUROC undefined, all {num} samples have label {value}; left out of the mean")
-            logger.warning(warnings[-1])
+            if log:
+                logger.warning(warnings[-1])
             continue
         per_class[name] = float(roc_auc_score(column, scores[:, c]))
     defined = [v for v in per_class.values() if v is not None]

@@ -143,9 +143,14 @@ def evaluate_split(
         **stage.loader_extras(ctx),
     )
     loader = ctx.make_loader(spec)
-    local = run_inference(
-        model, loader, maps=stage.maps if split == "bbox" else None, forward=lambda m, b: stage.maps(m, b)[0]
-    )
+    with ctx.progress(loader.num_samples, f"{stage.name}: {split}") as bar:
+        local = run_inference(
+            model,
+            loader,
+            maps=stage.maps if split == "bbox" else None,
+            forward=lambda m, b: stage.maps(m, b)[0],
+            progress=bar,
+        )
     placed = gather_to_main(local, loader.num_samples)
     if placed is None:
         return None

@@ -17,6 +17,7 @@ import torch
 
 from cxrdist import dist
 from cxrdist.eval.gather import place_by_index
+from cxrdist.progress import Progress
 
 ForwardFn = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
 MapsFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
@@ -24,12 +25,19 @@ MapsFn = Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, torch.T
 
 @torch.no_grad()
 def run_inference(
-    model: torch.nn.Module, loader, forward: ForwardFn | None = None, maps: MapsFn | None = None, autocast=None
+    model: torch.nn.Module,
+    loader,
+    forward: ForwardFn | None = None,
+    maps: MapsFn | None = None,
+    autocast=None,
+    progress: Progress | None = None,
 ) -> dict[str, np.ndarray]:
     """This rank's (index, logits[, maps]) over ``loader`` with the model in eval mode.
 
     ``maps`` (if given) returns (logits, per-class maps) in one pass and is used instead of ``forward``.
+    ``progress`` counts the images of every rank (this rank's batch × world size: ranks run in step).
     """
+    world = torch.distributed.get_world_size() if dist.is_distributed() else 1
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {"index": [], "logits": []}
@@ -45,6 +53,8 @@ def run_inference(
                     logits = forward(model, batch) if forward else model(batch["image"])
             out["index"].append(batch["index"].cpu().numpy())
             out["logits"].append(logits.float().cpu().numpy())
+            if progress is not None:
+                progress.update(len(out["index"][-1]) * world)
     finally:
         model.train(was_training)
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in out.items()}
