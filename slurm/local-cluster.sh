@@ -12,7 +12,7 @@
 # under one directory, default ${CXRDIST_SLURM_DIR:-/tmp/cxrdist-slurm}, so several clusters (e.g. a dev
 # one and a test one) can coexist if they use different CXRDIST_SLURM_PORT_BASE values.
 #
-# Facts this relies on were measured on Debian 12 / Slurm 22.05 (see shared/notes/slurm-on-one-machine.md).
+# Facts this relies on were measured on Debian 12 / Slurm 22.05 (slurm/README.md lists them and the limits).
 #
 # Environment knobs (all optional):
 #   CXRDIST_SLURM_DIR            default state dir (--state-dir wins)

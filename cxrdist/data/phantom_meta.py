@@ -10,6 +10,7 @@ import functools
 import gzip
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from cxrdist.labels import BOX_CLASSES, normalize_label
 
 ENV_METADATA = "CXRDIST_NIH_METADATA"
+PACKAGED_METADATA = "nih_metadata"  # folder of cxrdist.data holding the unmodified NIH files (gzipped)
 DATA_ENTRY, BBOX_LIST = "Data_Entry_2017_v2020.csv", "BBox_List_2017.csv"
 TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
 _BOX_SHARE = 0.15  # share of the images first spent on patients that own box images
@@ -35,25 +37,34 @@ class Metadata:
     test: list[str]
 
 
-def default_metadata_dir() -> Path:
-    """The NIH metadata folder: ``$CXRDIST_NIH_METADATA``, else ``shared/nih-metadata`` above the package or cwd.
+def packaged_metadata_dir() -> Path:
+    """The NIH metadata shipped inside the package (``cxrdist/data/nih_metadata``, see its PROVENANCE.md).
 
     Raises:
-        FileNotFoundError: neither is there.
+        FileNotFoundError: the install lacks the files (a build that dropped the package data).
+    """
+    folder = resources.files("cxrdist.data").joinpath(PACKAGED_METADATA)
+    # cxrdist is installed as plain files (never zipped), so the resource is a real directory.
+    if not isinstance(folder, Path) or not (folder / f"{DATA_ENTRY}.gz").is_file():
+        raise FileNotFoundError(
+            f"the NIH metadata package data is missing ({folder}); reinstall cxrdist, or set {ENV_METADATA} to a "
+            "folder with the four NIH files"
+        )
+    return folder
+
+
+def default_metadata_dir() -> Path:
+    """The NIH metadata folder: ``$CXRDIST_NIH_METADATA`` if set, else the package's own copy.
+
+    Raises:
+        FileNotFoundError: the variable names no directory, or the package data is missing.
     """
     env = os.environ.get(ENV_METADATA)
     if env:
         if not Path(env).is_dir():
-            raise FileNotFoundError(f"{ENV_METADATA}={env!r} is not a directory")
+            raise FileNotFoundError(f"{ENV_METADATA}={env!r} is not a directory; unset it to use the packaged copy")
         return Path(env)
-    starts = [Path(__file__).resolve(), Path.cwd().resolve() / "_"]
-    for parent in (p for s in starts for p in s.parents):
-        if (parent / "shared" / "nih-metadata").is_dir():
-            return parent / "shared" / "nih-metadata"
-    raise FileNotFoundError(
-        f"NIH metadata not found: no shared/nih-metadata above {starts[0].parent} or the working directory; "
-        f"set {ENV_METADATA} or pass metadata_dir"
-    )
+    return packaged_metadata_dir()
 
 
 def _read_lines(folder: Path, name: str) -> list[str]:
