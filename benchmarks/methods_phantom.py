@@ -65,7 +65,7 @@ METHOD_OVERRIDES: dict[str, list[str]] = {
     ],
     # Without ImageNet weights, ma's stage-2 "fresh ImageNet init" is a random init that throws stage 1 away
     # (measured: base val AUROC 0.49 → 0.60 over 5 epochs, then retrain starts from chance again); on the
-    # phantom stage 2 fine-tunes ``base``, the other reading METHODS.md allows.
+    # phantom stage 2 fine-tunes ``base``, the other reading docs/methods.md allows.
     # SGD 0.01 (§4.1, a fine-tuning rate for an ImageNet ResNet-101) leaves the random SE-ResNet-101 at the label
     # prior for both stages (measured: train loss flat at 0.159, test AUROC 0.575); with Adam 1e-3 base ends at val
     # AUROC 0.61 and retrain (on C) at 0.84 (test 0.767).

@@ -1,7 +1,7 @@
 """The 14 ChestX-ray14 labels, the 8 box classes, and parsing of NIH label strings.
 
-Label order is METHODS.md's ("Label order (all methods, all files)"); it is the order of every label vector,
-logit vector and table in cxrdist.
+The label order (docs/methods.md#labels-and-splits) is the order of every label vector, logit vector and
+table in cxrdist.
 """
 
 from __future__ import annotations

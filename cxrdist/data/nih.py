@@ -249,7 +249,7 @@ def plan_splits(
     Args:
         root: the NIH-layout folder.
         val_fraction: fraction of train_val *patients* that form val (no paper publishes its val split; 1/8 is
-            the conventional choice noted in METHODS-CHECK.md §2.1).
+            the conventional choice noted in docs/methods.md#labels-and-splits).
         seed: seed of the val split (and of the random-image split).
         scheme: ``official`` (the release's lists; patient-disjoint, checked) or ``random-image`` (zhao2021's
             protocol: a random image-level train/test split of all images; patients may straddle it).

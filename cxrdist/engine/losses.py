@@ -20,7 +20,7 @@ def bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def weighted_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """kim2021 Eq. 10 (= Wang et al.'s W-CEL): w_P = (P+N)/P on positives, w_N = (P+N)/N on negatives, summed.
 
-    P and N are the counts of 1s and 0s over the batch's whole label matrix (METHODS.md, a choice); a batch with
+    P and N are the counts of 1s and 0s over the batch's whole label matrix (a choice); a batch with
     P = 0 (or N = 0) has no positive (negative) term, so its weight is never a division by zero. The sum is
     divided by the number of entries so the scale does not grow with the batch (a constant factor on Eq. 10).
     """

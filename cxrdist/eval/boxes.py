@@ -179,7 +179,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def iobb(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Pairwise intersection over the *predicted* box's area (IoBB, Wang et al. 2017; METHODS.md).
+    """Pairwise intersection over the *predicted* box's area (IoBB, Wang et al. 2017; docs/methods.md).
 
     A small predicted box inside a large ground truth scores 1; a large predicted box around a small ground
     truth scores low, like its IoU.

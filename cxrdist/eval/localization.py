@@ -47,7 +47,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Wang et al. 2017 grids (METHODS.md "Evaluation protocol"); literals, not arange, so 0.3 is exactly 0.3.
+# Wang et al. 2017 grids (docs/methods.md#evaluation-protocol); literals, not arange, so 0.3 is exactly 0.3.
 WANG_IOU_T: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 WANG_IOBB_T: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)
 # kim2021 Table 1: "setting thresholds of [0.3, 0.5, 0.7]".

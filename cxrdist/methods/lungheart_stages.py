@@ -2,7 +2,7 @@
 
 ``seg`` (fang2021 §3.3): a U-Net with sigmoid outputs for left lung, right lung and heart, soft Dice loss,
 trained on the JSRT + SCR set (:mod:`cxrdist.data.jsrt`) with the ``seg`` recipe; the model with the lowest
-validation loss is kept (METHODS.md choice). Distributed: every rank holds the (small) set in memory and each
+validation loss is kept (choice). Distributed: every rank holds the (small) set in memory and each
 global batch is sharded across ranks under DDP, so a multi-GPU job trains one model with the recipe's global
 batch; validation is computed on every rank over the whole held-out part and rank 0's numbers decide.
 Killed mid-stage it restarts from scratch (a few minutes of work at most).

@@ -1,6 +1,6 @@
 """kim2021 alignment module: a ResNet-18 that regresses an affine transform, and the warping helpers.
 
-Conventions (kim2021 §3.2 Eq. 6 leaves them open; METHODS-CHECK §2.5 choices):
+Conventions (kim2021 §3.2 Eq. 6 leaves them open; choices: docs/methods.md#diseasemask):
 
 - ``params`` (B, 5) are the paper's (s_x, s_y, t_x, t_y, θ). The matrix is
   ``[[s_x cos θ, −s_y sin θ, t_x], [s_x sin θ, s_y cos θ, t_y]]``, used as the ``F.affine_grid`` theta: it maps
@@ -30,7 +30,7 @@ class AlignmentNet(nn.Module):
 
     The head predicts log-scales (s = exp(raw), always positive, zoom in and out symmetric) and t, θ directly.
     Its weight and bias start at zero, so an untrained module outputs (1, 1, 0, 0, 0), the identity
-    (METHODS-CHECK §2.5 choice), and training starts from the unaligned image.
+    (choice), and training starts from the unaligned image.
     """
 
     def __init__(self, features: nn.Module, num_features: int) -> None:
@@ -47,7 +47,7 @@ class AlignmentNet(nn.Module):
 
 
 def build_alignment(pretrained: bool = False, in_chans: int = 3) -> AlignmentNet:
-    """Build the alignment module (ResNet-18; ImageNet init is a METHODS-CHECK §2.5 choice).
+    """Build the alignment module (ResNet-18; ImageNet init is a choice).
 
     11,179,077 parameters at 3 input channels (ResNet-18 features 11,176,512 + 512·5 + 5).
     """
@@ -96,7 +96,7 @@ def warp_maps_back(maps: Tensor, params: Tensor, padding_mode: str = "zeros") ->
 def smooth(images: Tensor, k: int = SMOOTH_KERNEL) -> Tensor:
     """B∘G of kim2021 Eq. 6: k×k average pooling with stride k, then bilinear upsampling to the input size.
 
-    Used only inside the alignment loss; the classifier sees the sharp warp (METHODS.md choice).
+    Used only inside the alignment loss; the classifier sees the sharp warp (choice).
     """
     pooled = F.avg_pool2d(images, kernel_size=k, stride=k)
     return F.interpolate(pooled, size=images.shape[-2:], mode="bilinear", align_corners=False)

@@ -18,8 +18,8 @@ def insert_cbam(features: nn.Sequential, placement: str = "before_transition", r
     """Return DenseNet ``features`` with ``cbam1`` … ``cbam3`` inserted around ``transition1`` … ``transition3``.
 
     zhao2021 §2 puts CBAM "after the first three Dense Blocks"; whether that is before or after each
-    transition layer is not fixed by the text (Fig. 1(b) is missing, METHODS-CHECK §2.3).
-    ``before_transition`` (METHODS.md choice): denseblock_i → cbam_i → transition_i.
+    transition layer is not fixed by the text (Fig. 1(b) is missing, docs/methods.md#amdensenet).
+    ``before_transition`` (choice): denseblock_i → cbam_i → transition_i.
     ``after_transition``: denseblock_i → transition_i → cbam_i.
 
     Args:

@@ -13,7 +13,7 @@ class ChannelAttention(nn.Module):
     """CBAM channel attention, zhao2021 Eq. 1: ``σ(W1 ReLU(W0 avg(F)) + W1 ReLU(W0 max(F))) ⊙ F``.
 
     The MLP is bias-free, as Eq. 1 writes it; the reduction r is not in zhao2021 (r = 16: the CBAM default,
-    METHODS.md choice).
+    choice).
     """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
@@ -60,7 +60,7 @@ class MultiScaleInputAttention(nn.Module):
     """fang2021 §3.2 multi-scale attention on the input image.
 
     Three features (the image, a k=5 conv and a k=9 conv of it; stride 1, 'same' padding, 3 output channels:
-    METHODS.md choices), the channel max and mean of each (6 maps), a 7×7 conv to one map (CBAM convention),
+    choices), the channel max and mean of each (6 maps), a 7×7 conv to one map (CBAM convention),
     sigmoid, multiplied into the image.
     """
 
@@ -87,7 +87,7 @@ class SpaceAttention(nn.Module):
 
     (B, C, h, w) → (B, 2C, h, w). No parameters: "We only perform global average pooling operation and just
     resize it to its original shape instead of introducing convolution operation", and no ParseNet-style
-    normalisation (METHODS-CHECK §2.1).
+    normalisation (docs/methods.md#ma).
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -115,7 +115,7 @@ class PreActBottleneck(nn.Module):
 class Att1(nn.Module):
     """guan2020 §3.3 att1: conv3×3+ReLU, conv3×3+ReLU, conv1×1 → maps, sigmoid.
 
-    Widths (512, padding 1, no BN) are not in the paper (METHODS-CHECK §2.2 choice).
+    Widths (512, padding 1, no BN) are not in the paper (choice).
     """
 
     def __init__(self, in_channels: int, num_maps: int, width: int = 512) -> None:
@@ -137,7 +137,7 @@ class HourglassAttention(nn.Module):
     Max-pool (3×3, stride 2, pad 1; 7 → 4), two pre-activation residual units, bilinear upsampling back to
     the input size, BN-ReLU-conv1×1 (C → C), BN-ReLU-conv1×1 (C → maps), sigmoid. The depth, the unit
     count and the pre-activation form follow the last stage of the Residual Attention Network that guan2020
-    cites (METHODS-CHECK §2.2 choice); the paper only fixes "two consecutive 1×1 convolution layers".
+    cites (choice); the paper only fixes "two consecutive 1×1 convolution layers".
     """
 
     def __init__(self, in_channels: int, num_maps: int) -> None:

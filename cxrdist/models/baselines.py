@@ -15,7 +15,7 @@ from cxrdist.models.heads import POOLS, global_pool
 class DCNN(Classifier):
     """Wang et al. 2017 (ChestX-ray8) DCNN: backbone → transition conv → global pooling → linear.
 
-    Wang et al. (as described by zhao2021 and METHODS-CHECK §2.6) remove the classifier and add "a transition
+    Wang et al. (as described by zhao2021 and docs/methods.md#dcnn) remove the classifier and add "a transition
     layer, a global pooling layer, a prediction layer". The transition is a plain conv to 1024 channels,
     3×3 with padding 1, no norm or activation: kernel, width and the absence of a nonlinearity are choices
     (none of the five papers gives them). ``transition_norm`` adds a BatchNorm after the conv (also a choice):

@@ -16,14 +16,14 @@ from cxrdist.models.heads import ClassWiseLinear
 SYMMETRIC_BOX_CLASSES: tuple[bool, ...] = tuple(name != "Cardiomegaly" for name in BOX_CLASSES)
 # kim2021 §3.1: "dropping images x where P_c(x) < 0.8 to obtain high-quality class activation maps".
 MIN_CAM_PROB = 0.8
-# The threshold of T(·) is not in kim2021 (METHODS.md choice).
+# The threshold of T(·) is not in kim2021 (choice).
 MASK_THRESHOLD = 0.5
 
 
 class DiseaseMaskNet(Classifier):
     """ResNet-50 S (B, 2048, h, w) → Ŝ_c = (1 + ψ_c) ⊙ S per class → GAP → FC_c → logit c.
 
-    kim2021 Eq. 4 writes f' = ψ·f + f with one shared f; the per-class reading (METHODS-CHECK §2.5) gives
+    kim2021 Eq. 4 writes f' = ψ·f + f with one shared f; the per-class reading (docs/methods.md#diseasemask) gives
     Ŝ_c = Σ_k w_k^c (ψ_c ⊙ f_k + f_k) = (1 + ψ_c) ⊙ S_c and logit_c = GAP(Ŝ_c) + b_c, computed as one grouped
     op (:meth:`ClassWiseLinear.forward_gated`). ``psi`` (K, h, w) is a buffer, zero until the mask stage sets
     it: with ψ = 0 the model computes the plain GAP + Linear(2048, K) ResNet-50 of stages 0 and 2, and
@@ -42,7 +42,7 @@ class DiseaseMaskNet(Classifier):
 
     def set_masks(self, masks: Tensor) -> None:
         """Set ψ from (M, h, w) masks for the first M ≤ K classes; the other classes get ψ = 0 (no attention:
-        METHODS.md choice for the 6 classes without boxes). The mask resolution may differ from before."""
+        a choice for the 6 classes without boxes). The mask resolution may differ from before."""
         if masks.ndim != 3 or masks.shape[0] > self.num_classes:
             raise ValueError(f"masks must be (M <= {self.num_classes}, h, w), got {tuple(masks.shape)}")
         psi = torch.zeros(self.num_classes, *masks.shape[1:], dtype=self.psi.dtype, device=self.psi.device)
@@ -82,7 +82,7 @@ def accumulate_disease_masks(
     """Per-class sums of normalised, flip-summed CAMs and their counts (the distributable half of Eq. 3).
 
     L̄ = H(L) + L for symmetric classes and L̄ = L otherwise, then each L̄ is min-max normalised to [0, 1]
-    (N(·); "min-max" is the METHODS.md reading; a constant map normalises to 0), then summed over the kept
+    (N(·); "min-max" is the reading cxrdist chose; a constant map normalises to 0), then summed over the kept
     samples. Sums and counts of disjoint chunks add up, so ranks can ``all_reduce`` them.
 
     Args:

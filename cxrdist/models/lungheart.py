@@ -16,12 +16,12 @@ class LungHeartNet(Classifier):
     """Image → multi-scale attention → DenseNet-121 F_g → F_l = F_g ⊙ M_g → GAP → linear (fang2021 §3).
 
     M_g is the union lung/heart mask (B, 1, H, W) in [0, 1], adaptive-average-pooled to F_g's h×w and kept
-    fractional (METHODS.md choice; fang2021 Eq. 3 "F_l = F_g ⊗ M_g"). With ``use_mask=True`` every forward
+    fractional (choice; fang2021 Eq. 3 "F_l = F_g ⊗ M_g"). With ``use_mask=True`` every forward
     needs the mask: a forgotten mask raises instead of silently training the "w/o F_l" ablation.
 
     The heatmap is the CAM of F_g, the feature extractor's output before the mask: fang2021's Table 3 CAM IoU
     is measured on "the feature extractor equipped with the multi-scale attention module" (FE), and
-    METHODS-CHECK §2.4 reads it as the FE's CAM. The maps therefore never depend on the mask.
+    cxrdist reads it (docs/methods.md#lungheart) as the FE's CAM. The maps therefore never depend on the mask.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ class MultiAttentionNet(Classifier):
     ma2019 Fig. 4: the classifier is applied "with the average pooling operation in the end", and "Heatmaps
     are computed from the model without the last average pooling": so the heatmap is the per-position score
     map and the logits are its spatial mean (for a linear classifier the same logits as GAP → FC,
-    METHODS-CHECK §2.1).
+    docs/methods.md#ma).
     """
 
     def __init__(self, features: nn.Module, num_features: int, num_classes: int = NUM_LABELS) -> None:

@@ -1,7 +1,7 @@
 """U-Net for the lungheart segmentation stage (left lung, right lung, heart) and its soft Dice loss.
 
 fang2021 §3.3: "We apply U-Net [39] to train a segmentation model for the left lung, right lung, and heart on
-the JSRT dataset by using dice loss." Depth, widths and normalisation are not given (METHODS-CHECK §2.4):
+the JSRT dataset by using dice loss." Depth, widths and normalisation are not given (docs/methods.md#lungheart):
 a standard U-Net with 4 poolings, BN after each 3×3 conv, transposed-conv upsampling.
 """
 
@@ -78,5 +78,5 @@ def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
 
 def union_mask(logits: Tensor, threshold: float = 0.5) -> Tensor:
     """Union of the thresholded channels, (B, 1, H, W) float 0/1: fang2021's M_g ("pixel-wise summation" of
-    the three masks, clipped to 1). Threshold 0.5 on the sigmoid is a METHODS.md choice."""
+    the three masks, clipped to 1). Threshold 0.5 on the sigmoid is a choice."""
     return (torch.sigmoid(logits) >= threshold).any(dim=1, keepdim=True).to(logits.dtype)
