@@ -9,9 +9,11 @@ list, so a mistyped key fails at composition with the key's name. A method's rec
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,27 +197,51 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     register_schemas()
     overrides = list(overrides or [])
     for o in overrides:
+        if "=" not in o and not o.startswith("~"):
+            raise ValueError(f"{o!r} is not a config override: write key=value (method=chexnet, data.root=DIR)")
         group = o.split("=", 1)[0].lstrip("+~")
         if group in GROUPS and "=" in o and o.split("=", 1)[1] not in list_options(group):
-            raise ValueError(
-                f"unknown {group} option {o.split('=', 1)[1]!r}; choose one of "
-                f"{', '.join(o2 for o2 in list_options(group))}"
-            )
+            value, options = o.split("=", 1)[1], list_options(group)
+            close = difflib.get_close_matches(value, options, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ValueError(f"unknown {group} option {value!r}; {hint}choose one of {', '.join(options)}")
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module("cxrdist.conf", version_base="1.3"):
             cfg = hydra_compose("train", overrides=overrides)
+    except OverrideParseException as e:
+        raise ValueError(f"cannot parse the overrides {overrides}: {str(e).splitlines()[0]}") from None
     except (ConfigCompositionException, MissingConfigException) as e:
-        cause = e.__cause__ or e
-        raise ValueError(f"bad config override: {cause}") from None
+        raise ValueError(_explain(e.__cause__ or e, overrides)) from None
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+def _explain(cause: BaseException, overrides: list[str]) -> str:
+    """One line for a failed composition: the key, and for a typo the closest existing key."""
+    text = str(cause)
+    first = text.splitlines()[0] if text else type(cause).__name__
+    found = re.search(r"full_key: (\S+)", text)
+    if found is None:
+        return f"bad config override: {first}"
+    key = found.group(1)
+    if " not in " not in first and "is not in struct" not in first:
+        value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == key), "?")
+        return f"bad value for {key}={value}: {first}"
+    parent, _, name = key.rpartition(".")
+    groups = [o for o in overrides if o.split("=", 1)[0] in GROUPS]  # choose the same method, engine ...
+    node = OmegaConf.select(compose(groups), parent) if parent else compose(groups)
+    close = difflib.get_close_matches(name, [str(k) for k in node] if isinstance(node, DictConfig) else [], n=1)
+    if close:
+        return f"unknown config key {key}; did you mean {parent + '.' if parent else ''}{close[0]}?"
+    keys = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
+    return f"unknown config key {key}" + (f" ({parent or 'the root'} has: {keys})" if keys else "")
 
 
 def to_container(cfg: DictConfig) -> dict[str, Any]:

@@ -30,12 +30,10 @@ def prepare_run(cfg, force: bool = False) -> Path:
     """Create/check the run dir and save the resolved config; return the run dir."""
     from cxrdist.config import diff_configs, load_config, save_config, to_container
     from cxrdist.data.format import read_json
-    from cxrdist.methods import get_method
+    from cxrdist.preflight import check_run_config
 
-    get_method(cfg.method.name)(cfg)  # validates method options before anything is written
+    check_run_config(cfg)  # method options, shards, ImageNet weights: before anything is written
     shards = Path(cfg.data.root)
-    if not (shards / "_dataset.json").is_file():
-        raise FileNotFoundError(f"data.root={shards}: no _dataset.json; write shards first (shards/write.py)")
     if cfg.data.expected_config_hash is None:
         cfg.data.expected_config_hash = read_json(shards / "_dataset.json")["config_hash"]
     run_dir = Path(cfg.run_dir)
@@ -50,9 +48,8 @@ def prepare_run(cfg, force: bool = False) -> Path:
         changes = [d for d in diff_configs(old, to_container(cfg)) if not d.startswith(("cluster.", "logger."))]
         if changes and not force:
             raise RunDirError(
-                f"{run_dir} was started with another config; differences:\n  "
-                + "\n  ".join(changes)
-                + "\nuse a new run_dir, or --force to discard it and start over"
+                f"{run_dir} was started with another config (differences: {'; '.join(changes)}); "
+                "use a new run_dir, or --force to discard it and start over"
             )
         if changes and force:
             logger.warning("--force: discarding %s (stages and checkpoints)", run_dir)
@@ -150,8 +147,12 @@ def check_local_gpus(nproc: int) -> None:
     (tasks per node = GPUs per node), and a per-task GPU binding there is valid, so the check lives here."""
     import torch
 
+    from cxrdist.cli import UsageError
+
+    if nproc < 1:
+        raise UsageError(f"--nproc must be ≥ 1, got {nproc}")
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():
-        raise RuntimeError(
+        raise UsageError(
             f"{nproc} ranks on this node but {torch.cuda.device_count()} visible GPU(s): NCCL needs one GPU per "
             f"rank; start at most {torch.cuda.device_count()} (--nproc)"
         )
@@ -159,12 +160,18 @@ def check_local_gpus(nproc: int) -> None:
 
 def run_local(cfg, nproc: int = 1, force: bool = False, stages_fn: Callable | None = None) -> Path:
     """Run a method on this machine with ``nproc`` processes (gloo on CPU); returns the run dir."""
+    check_local_gpus(nproc)
+    run_dir = prepare_run(cfg, force=force)
+    run_prepared(cfg, run_dir, nproc, stages_fn)
+    return run_dir
+
+
+def run_prepared(cfg, run_dir: Path, nproc: int = 1, stages_fn: Callable | None = None) -> None:
+    """Start ``nproc`` local ranks on a run dir that :func:`prepare_run` made (``launch/local.py``'s second half)."""
     import torch.multiprocessing as mp
 
     from cxrdist.config import to_container
 
-    check_local_gpus(nproc)
-    run_dir = prepare_run(cfg, force=force)
     cfg_dict = to_container(cfg)
     if nproc == 1:
         for k in ("RANK", "WORLD_SIZE"):
@@ -178,7 +185,6 @@ def run_local(cfg, nproc: int = 1, force: bool = False, stages_fn: Callable | No
             join=True,
             start_method="spawn",
         )
-    return run_dir
 
 
 def own_address() -> str:
@@ -311,8 +317,9 @@ def evaluate_run(run_dir: Path, splits: list[str], stage: str | None = None, npr
     """Evaluate a run's best model (of ``stage``, default: the final eval stage's) into ``RUN/eval/<split>``."""
     import torch.multiprocessing as mp
 
-    if not (Path(run_dir) / "config.yaml").is_file():
-        raise RunDirError(f"{run_dir}: no config.yaml; is this a cxrdist run dir?")
+    from cxrdist.preflight import check_eval_request
+
+    check_eval_request(Path(run_dir), splits, stage, nproc)  # before any process, W&B run or output exists
     if nproc == 1:
         _evaluate_rank(str(run_dir), splits, stage)
     else:

@@ -16,45 +16,54 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cxrdist import cli
+from cxrdist.cli import UsageError
+
 logger = logging.getLogger(__name__)
 CLUSTERS = ("slurm", "local", "debug")
 
 
-class LaunchError(ValueError):
+class LaunchError(UsageError):
     """A launch that must not go ahead (nothing was submitted)."""
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "submit.py") -> argparse.ArgumentParser:
     """Launcher flags; every other argument is a Hydra override."""
-    p = argparse.ArgumentParser(description="Submit a cxrdist run (Hydra overrides after the flags).")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=0, help="one task per GPU")
-    p.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node when there are no GPUs")
-    p.add_argument("--cpus-per-task", type=int, default=None)
-    p.add_argument("--mem-gb", type=int, default=None)
-    p.add_argument("--partition")
-    p.add_argument("--account")
-    p.add_argument("--qos")
-    p.add_argument("--constraint")
-    p.add_argument("--timeout-min", type=int, default=None, help="default: cluster.timeout_min")
-    p.add_argument("--max-requeues", type=int, default=None, help="default: cluster.max_requeues")
+    p = cli.parser(prog, "Submit a cxrdist run: launcher flags first, then Hydra overrides (key=value).")
+    p.add_argument("--nodes", type=int, default=1, help="nodes")
+    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node: one task per GPU")
+    p.add_argument("--tasks-per-node", type=int, default=None, help="tasks per node when there are no GPUs (1)")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per task (the cluster's default)")
+    p.add_argument("--mem-gb", type=int, default=None, help="memory per node in GB (the cluster's default)")
+    p.add_argument("--partition", help="Slurm partition (default: cluster.partition)")
+    p.add_argument("--account", help="Slurm account (default: cluster.account)")
+    p.add_argument("--qos", help="Slurm QOS (default: cluster.qos)")
+    p.add_argument("--constraint", help="Slurm constraint (default: cluster.constraint)")
+    p.add_argument("--timeout-min", type=int, default=None, help="time limit per attempt (cluster.timeout_min)")
+    p.add_argument("--max-requeues", type=int, default=None, help="requeues after a timeout (cluster.max_requeues)")
     p.add_argument("--cluster", default="slurm", help=f"one of {', '.join(CLUSTERS)}")
     p.add_argument("--name", help="run name (default: the method's name); run dir = runs/<name>")
     p.add_argument("--run-dir", type=Path, help="explicit run dir (overrides --name)")
     p.add_argument("--force", action="store_true", help="discard a run dir started with another config")
     p.add_argument("--dry-run", action="store_true", help="print the job script and config; submit nothing")
-    p.add_argument("--wait", action="store_true", help="wait for the job to finish (its errors are raised here)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the job, showing rank 0's progress (always with --cluster local/debug)",
+    )
     return p
 
 
 def check_args(args: argparse.Namespace) -> int:
-    """Validate launcher flags; return tasks per node."""
+    """Validate launcher flags; return tasks per node. ``0`` is a value (an error where it makes no sense)."""
     if args.cluster not in CLUSTERS:
         raise LaunchError(f"unknown cluster {args.cluster!r}; choose one of {', '.join(CLUSTERS)}")
-    if args.nodes < 1:
-        raise LaunchError(f"--nodes must be ≥ 1, got {args.nodes}")
-    if args.gpus_per_node < 0 or (args.tasks_per_node is not None and args.tasks_per_node < 1):
-        raise LaunchError("--gpus-per-node must be ≥ 0 and --tasks-per-node ≥ 1")
+    cli.check_positive(nodes=args.nodes, tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
+                       mem_gb=args.mem_gb, timeout_min=args.timeout_min)  # fmt: skip
+    if args.gpus_per_node < 0:
+        raise LaunchError(f"--gpus-per-node must be ≥ 0, got {args.gpus_per_node}")
+    if args.max_requeues is not None and args.max_requeues < 0:
+        raise LaunchError(f"--max-requeues must be ≥ 0, got {args.max_requeues}")
     if args.gpus_per_node and args.tasks_per_node and args.tasks_per_node != args.gpus_per_node:
         raise LaunchError("with GPUs there is one task per GPU: drop --tasks-per-node or make it equal")
     if args.cluster in ("local", "debug"):
@@ -119,11 +128,16 @@ def wait_results(job: Any, poll_s: float = 5.0) -> list[Any]:
             time.sleep(poll_s)
 
 
-def build_executor(args: argparse.Namespace, folder: Path, tasks: int, cfg) -> Any:
-    """A submitit executor for the cluster, with the job's resources."""
+def _given(flag: Any, default: Any) -> Any:
+    """The flag's value when it was given (``0`` and ``""`` included), else the config's."""
+    return default if flag is None else flag
+
+
+def build_executor(args: argparse.Namespace, folder: Path, tasks: int, cfg, preview: bool = False) -> Any:
+    """A submitit executor for the cluster, with the job's resources (``preview``: for a dry run, see below)."""
     import submitit
 
-    timeout = args.timeout_min or cfg.cluster.timeout_min
+    timeout = _given(args.timeout_min, cfg.cluster.timeout_min)
     if args.cluster == "debug":
         return submitit.DebugExecutor(folder=folder)
     if args.cluster == "local":
@@ -135,17 +149,18 @@ def build_executor(args: argparse.Namespace, folder: Path, tasks: int, cfg) -> A
             signal_delay_s=cfg.cluster.signal_delay_s,
         )
         return ex
-    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.max_requeues or cfg.cluster.max_requeues)
+    executor = _preview_executor_class() if preview else submitit.SlurmExecutor
+    ex = executor(folder=folder, max_num_timeout=_given(args.max_requeues, cfg.cluster.max_requeues))
     params: dict[str, Any] = {
         "nodes": args.nodes,
         "ntasks_per_node": tasks,
         "time": timeout,
         "job_name": f"cxrdist-{cfg.method.name}",
         "signal_delay_s": cfg.cluster.signal_delay_s,
-        "partition": args.partition or cfg.cluster.partition,
-        "account": args.account or cfg.cluster.account,
-        "qos": args.qos or cfg.cluster.qos,
-        "constraint": args.constraint or cfg.cluster.constraint,
+        "partition": _given(args.partition, cfg.cluster.partition),
+        "account": _given(args.account, cfg.cluster.account),
+        "qos": _given(args.qos, cfg.cluster.qos),
+        "constraint": _given(args.constraint, cfg.cluster.constraint),
         "cpus_per_task": args.cpus_per_task,
         "mem": f"{args.mem_gb}GB" if args.mem_gb else None,
         "gpus_per_node": args.gpus_per_node or None,
@@ -153,6 +168,26 @@ def build_executor(args: argparse.Namespace, folder: Path, tasks: int, cfg) -> A
     }
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
     return ex
+
+
+def _preview_executor_class() -> type:
+    """A SlurmExecutor for dry runs: the same parameters and job script, without the constructor's srun probe.
+
+    ``SlurmExecutor.__init__`` raises 'Could not detect "srun"' where Slurm is not installed (it asks the
+    ``affinity()`` classmethod, which AutoExecutor also uses to pick a cluster). A dry run only renders the script
+    (``_make_submission_file_text``), so this subclass answers the probe; it is never used to submit.
+    """
+    import submitit
+
+    class PreviewSlurmExecutor(submitit.SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:
+            return 1
+
+        def _internal_process_submissions(self, delayed_submissions: list) -> list:
+            raise RuntimeError("a dry-run executor never submits")
+
+    return PreviewSlurmExecutor
 
 
 def job_script(executor: Any) -> str:
@@ -168,17 +203,22 @@ def job_script(executor: Any) -> str:
 def resolve(argv: list[str]) -> tuple[argparse.Namespace, Any, int]:
     """Parse flags and overrides; compose and validate the config; fix the run dir."""
     from cxrdist.config import compose
-    from cxrdist.methods import get_method
 
-    args, overrides = parser().parse_known_args(argv)
-    unknown = [o for o in overrides if o.startswith("-")]
-    if unknown:
-        raise LaunchError(f"unknown launcher flag(s) {unknown}; see --help (Hydra overrides have no dashes)")
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    overrides = cli.check_overrides(extra, p)
     tasks = check_args(args)
     cluster_cfg = "slurm" if args.cluster == "slurm" else "local"
     cfg = compose([f"cluster={cluster_cfg}", *overrides])
+    if cfg.cluster.timeout_min < 1 or cfg.cluster.max_requeues < 0:
+        raise LaunchError(
+            f"cluster.timeout_min must be ≥ 1 and cluster.max_requeues ≥ 0, got {cfg.cluster.timeout_min} and "
+            f"{cfg.cluster.max_requeues}"
+        )
     run_dir = args.run_dir or Path("runs") / (args.name or cfg.method.name)
     cfg.run_dir = str(run_dir.resolve())
+    from cxrdist.methods import get_method  # after the cheap checks: importing the models takes seconds
+
     get_method(cfg.method.name)(cfg)
     return args, cfg, tasks
 
@@ -190,13 +230,19 @@ def submit(argv: list[str]) -> dict[str, Any]:
     from cxrdist.log import wandb_environment
 
     args, cfg, tasks = resolve(argv)
-    if args.cluster == "slurm" and not args.dry_run:
-        check_slurm()
     if args.dry_run:
-        ex = build_executor(args, Path(cfg.run_dir) / "submitit", tasks, cfg)
         from omegaconf import OmegaConf
 
-        return {"script": job_script(ex), "config": OmegaConf.to_yaml(cfg), "run_dir": cfg.run_dir, "tasks": tasks}
+        ex = build_executor(args, Path(cfg.run_dir) / "submitit", tasks, cfg, preview=True)
+        return {
+            "script": job_script(ex),
+            "config": OmegaConf.to_yaml(cfg),
+            "run_dir": cfg.run_dir,
+            "tasks": tasks,
+            "notes": dry_run_notes(cfg),
+        }
+    if args.cluster == "slurm":
+        check_slurm()
     run_dir = prepare_run(cfg, force=args.force)
     ex = build_executor(args, run_dir / "submitit", tasks, cfg)
     job = ex.submit(Job(to_container(cfg), str(run_dir)))
@@ -207,11 +253,23 @@ def submit(argv: list[str]) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "wandb": where,
         "tasks": tasks,
-        "wait": args.wait or args.cluster == "debug",
+        "wait": args.wait or args.cluster in ("debug", "local"),
+        "follows": args.cluster != "debug",  # a debug job logs to this console itself
         "follow": [f"tail -f {run_dir}/logs/rank0.log", f"squeue -j {job.job_id}", f"sacct -j {job.job_id}"]
         if args.cluster == "slurm"
         else [f"tail -f {run_dir}/logs/rank0.log"],
     }
+
+
+def dry_run_notes(cfg) -> list[str]:
+    """What a real submission would refuse that a dry run does not check (the shards, here or on the cluster)."""
+    from cxrdist.preflight import check_shard_root
+
+    try:
+        check_shard_root(cfg.data.root)
+    except UsageError as e:
+        return [f"not checked by --dry-run, refused at submission unless fixed: {cli.one_line(e)}"]
+    return []
 
 
 def write_shard_range(cfg_dict: dict[str, Any], start: int, stop: int) -> dict[str, int]:
@@ -235,25 +293,25 @@ def submit_sharding(argv: list[str]) -> dict[str, Any]:
 
     import submitit
 
-    from cxrdist.data.shard_cli import config_from_args, writer_parser
+    from cxrdist.data.shard_cli import check_writer_config, config_from_args, writer_parser
     from cxrdist.data.writer import plan_tasks, prepare_output
 
-    p = writer_parser()
+    p = writer_parser(prog="shard.py")
     p.add_argument("--array", type=int, required=True, help="array tasks (shard ranges)")
-    p.add_argument("--cluster", default="slurm", choices=("slurm", "local"))
-    p.add_argument("--partition")
-    p.add_argument("--account")
-    p.add_argument("--timeout-min", type=int, default=240)
-    p.add_argument("--cpus-per-task", type=int, default=None)
-    p.add_argument("--wait", action="store_true")
+    p.add_argument("--cluster", default="slurm", choices=("slurm", "local"), help="where the tasks run")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--account", help="Slurm account")
+    p.add_argument("--timeout-min", type=int, default=240, help="time limit per array task")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per array task (default: --workers)")
+    p.add_argument("--wait", action="store_true", help="wait for the manifest job")
     args = p.parse_args(argv)
-    if args.array < 1:
-        raise LaunchError(f"--array must be ≥ 1, got {args.array}")
+    cli.check_positive(array=args.array, timeout_min=args.timeout_min, cpus_per_task=args.cpus_per_task)
     cfg = config_from_args(args)
+    check_writer_config(cfg)
+    num = len(plan_tasks(cfg))  # reads and checks the CSVs and lists
     if args.cluster == "slurm":
         check_slurm()
     prepare_output(cfg)  # refuses an output dir of another config before anything is submitted
-    num = len(plan_tasks(cfg))
     bounds = [round(i * num / args.array) for i in range(args.array + 1)]
     ranges = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
     folder = Path(cfg.out) / "_submitit"

@@ -1,24 +1,34 @@
 """Evaluate a run: ``python launch/evaluate.py RUN_DIR [--split test --split bbox] [--stage NAME] [--nproc N]``.
 
 Writes ``RUN/eval/<split>/`` (metrics.json, predictions.npz, auroc.md, roc.png; on bbox also heatmaps.npz,
-localization.md and heatmap overlays) and logs them to the run's W&B run.
+localization.md and heatmap overlays) and logs them to the run's W&B run. The run dir, the splits and the
+stage's weights are checked before any process or W&B run starts (one line, exit status 2).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
+from cxrdist import cli
 from cxrdist.job import evaluate_run
+from cxrdist.preflight import check_eval_request
+
+DEFAULT_SPLITS = ["test", "bbox"]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--split", action="append", dest="splits", help="test, bbox, val, train (repeatable)")
+def main(argv: list[str] | None = None) -> int:
+    """Check the request, then evaluate on ``--nproc`` local processes."""
+    p = cli.parser("evaluate.py", __doc__)
+    p.add_argument("run_dir", type=Path, help="run dir of a trained run")
+    p.add_argument("--split", action="append", dest="splits", help="test, bbox, val or train (repeatable)")
     p.add_argument("--stage", help="use this training stage's best.pt (default: the method's final model)")
     p.add_argument("--nproc", type=int, default=1, help="evaluation processes on this machine")
-    args = p.parse_args()
-    out = evaluate_run(args.run_dir, args.splits or ["test", "bbox"], stage=args.stage, nproc=args.nproc)
+    args = p.parse_args(argv)
+    splits = args.splits or DEFAULT_SPLITS  # not argparse's default: append would add to it
+    try:
+        check_eval_request(args.run_dir, splits, args.stage, args.nproc)
+    except cli.USAGE_ERRORS as e:
+        return cli.usage_exit("evaluate.py", e)
+    out = evaluate_run(args.run_dir, splits, stage=args.stage, nproc=args.nproc)
     print(f"evaluation written to {out}")
     return 0
 

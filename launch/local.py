@@ -1,21 +1,32 @@
 """Run a method on this machine: ``python launch/local.py --nproc 2 method=chexnet data.root=S run_dir=R``.
 
-Every argument that is not a flag is a Hydra override. Processes use gloo on the CPU (NCCL with GPUs).
+Flags first, then Hydra overrides (key=value). Processes use gloo on the CPU (NCCL with GPUs). Mistakes in the
+command (a typo'd key, no shards, a run dir of another config, ...) are one line on stderr and exit status 2,
+before the run dir exists.
 """
 
-import argparse
 import sys
 
+from cxrdist import cli
 from cxrdist.config import compose
-from cxrdist.job import run_local
+from cxrdist.job import check_local_gpus, prepare_run, run_prepared
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> int:
+    """Check the command, prepare the run dir, run every rank here."""
+    p = cli.parser("local.py", __doc__)
     p.add_argument("--nproc", type=int, default=1, help="processes (ranks) on this machine")
     p.add_argument("--force", action="store_true", help="discard a run dir that was started with another config")
-    args, overrides = p.parse_known_args()
-    run_dir = run_local(compose(overrides), nproc=args.nproc, force=args.force)
+    args, extra = p.parse_known_args(argv)
+    try:
+        overrides = cli.check_overrides(extra, p)
+        cli.check_positive(nproc=args.nproc)
+        cfg = compose(overrides)
+        check_local_gpus(args.nproc)
+        run_dir = prepare_run(cfg, force=args.force)
+    except cli.USAGE_ERRORS as e:
+        return cli.usage_exit("local.py", e)
+    run_prepared(cfg, run_dir, nproc=args.nproc)
     print(f"run dir: {run_dir}")
     return 0
 

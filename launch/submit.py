@@ -1,30 +1,38 @@
 """Submit a run: ``python launch/submit.py --nodes 4 --gpus-per-node 8 method=ma data.root=/data/shards``.
 
-Launcher flags (see --help) come first; every other argument is a Hydra override. ``--cluster local`` runs
-the same job on this machine; ``--dry-run`` prints the job script and the resolved config.
+Launcher flags (see below) come first; every other argument is a Hydra override. ``--cluster local`` runs the
+same job on this machine and shows rank 0's progress until it ends; ``--dry-run`` prints the job script and the
+resolved config, anywhere (no Slurm needed). A mistake is one line on stderr and exit status 2, before anything
+is created or submitted.
 """
 
+import contextlib
 import sys
 
-from cxrdist.launcher import LaunchError, submit, wait_results
+from cxrdist import cli
+from cxrdist.launcher import submit, wait_results
+from cxrdist.progress import follow
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Submit (or preview) the job; with --wait or --cluster local, follow it to the end."""
     try:
-        out = submit(sys.argv[1:])
-    except (LaunchError, ValueError, FileNotFoundError) as e:
-        print(f"submit: {e}\nnothing was submitted", file=sys.stderr)
-        return 2
+        out = submit(sys.argv[1:] if argv is None else argv)
+    except cli.USAGE_ERRORS as e:
+        return cli.usage_exit("submit.py", e)
     if "script" in out:
         print(f"# --- job script ({out['tasks']} task(s) per node) ---\n{out['script']}")
         print(f"# --- resolved config (run dir {out['run_dir']}) ---\n{out['config']}")
+        for note in out["notes"]:
+            print(f"# note: {note}")
         return 0
     print(f"submitted job {out['job_id']} ({out['tasks']} task(s) per node)")
     print(f"run dir: {out['run_dir']}")
     print(f"W&B:     {out['wandb']}")
-    print("follow:  " + "\n         ".join(out["follow"]))
+    print("follow:  " + "\n         ".join(out["follow"]), flush=True)
     if out["wait"]:
-        wait_results(out["job"])  # raises the job's error, if any; survives requeues
+        with follow(out["run_dir"]) if out["follows"] else contextlib.nullcontext():
+            wait_results(out["job"])  # raises the job's error, if any; survives requeues
         print(f"job {out['job_id']} finished")
     return 0
 

@@ -8,23 +8,24 @@ import sys
 import time
 from pathlib import Path
 
+from cxrdist import cli
 from cxrdist.data.nih import SPLIT_SCHEMES, DataError
 from cxrdist.data.verify import format_report, verify_dataset
-from cxrdist.data.writer import WriterConfig, finalize, write_shards
+from cxrdist.data.writer import WriterConfig, finalize, plan_tasks, prepare_output, write_shards
 
 logger = logging.getLogger(__name__)
 
 
-def writer_parser() -> argparse.ArgumentParser:
+def writer_parser(prog: str = "write.py") -> argparse.ArgumentParser:
     """Arguments of ``shards/write.py`` (shared with ``launch/shard.py``)."""
-    p = argparse.ArgumentParser(description="Write WebDataset shards (train/val/test/bbox) from an NIH root.")
+    p = cli.parser(prog, "Write WebDataset shards (train/val/test/bbox) from an NIH root.")
     p.add_argument("--nih-root", required=True, type=Path, help="NIH ChestX-ray14 folder (real or phantom)")
     p.add_argument("--out", required=True, type=Path, help="output shard root")
     p.add_argument("--size", type=int, default=512, help="stored image side in pixels; 0 keeps the original")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (1..100)")
     p.add_argument("--val-fraction", type=float, default=0.125, help="fraction of train_val patients used as val")
     p.add_argument("--seed", type=int, default=0, help="seed of the val (and random-image) split")
-    p.add_argument("--samples-per-shard", type=int, default=1000)
+    p.add_argument("--samples-per-shard", type=int, default=1000, help="samples per tar")
     p.add_argument(
         "--split-scheme",
         choices=SPLIT_SCHEMES,
@@ -37,6 +38,24 @@ def writer_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=1, help="writer processes")
     return p
+
+
+def check_writer_config(cfg: WriterConfig) -> None:
+    """The writer's flags and inputs, checked before the output folder is touched (one-line UsageError)."""
+    cli.check_positive(samples_per_shard=cfg.samples_per_shard, workers=cfg.workers)
+    if cfg.size < 0 or not 1 <= cfg.quality <= 100:
+        raise cli.UsageError(f"--size must be ≥ 0 (0 keeps the original) and --quality 1..100, got {cfg.size}, "
+                             f"{cfg.quality}")  # fmt: skip
+    if not 0.0 <= cfg.val_fraction < 1.0 or not 0.0 < cfg.test_fraction < 1.0:
+        raise cli.UsageError(f"--val-fraction must be in [0, 1) and --test-fraction in (0, 1), got "
+                             f"{cfg.val_fraction}, {cfg.test_fraction}")  # fmt: skip
+    root = Path(cfg.nih_root)
+    if not root.is_dir():
+        raise cli.UsageError(f"--nih-root {root}: no such folder; give the unpacked NIH ChestX-ray14 folder")
+    if not (root / "images").is_dir():
+        raise cli.UsageError(f"--nih-root {root}: no images/ folder; unpack images_001..012.tar.gz into {root}")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise cli.UsageError(f"--out {cfg.out} is a file; give a folder")
 
 
 def config_from_args(args: argparse.Namespace) -> WriterConfig:
@@ -57,16 +76,22 @@ def config_from_args(args: argparse.Namespace) -> WriterConfig:
 
 
 def write_main(argv: list[str] | None = None) -> int:
-    """Write all shards, then the manifests; print a summary."""
+    """Write all shards, then the manifests; print a summary. Exit 2: a usage error (nothing written)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = writer_parser().parse_args(argv)
     cfg = config_from_args(args)
+    try:
+        check_writer_config(cfg)
+        plan_tasks(cfg)  # reads and checks the CSVs and lists (errors name the file and row)
+        prepare_output(cfg)  # refuses an --out of another writer config
+    except cli.USAGE_ERRORS as e:
+        return cli.usage_exit("write.py", e)
     t0 = time.perf_counter()
     try:
-        results = write_shards(cfg, progress=sys.stderr.isatty())
+        results = write_shards(cfg, progress=True)
         summary = finalize(cfg)
     except DataError as e:
-        logger.error("%s", e)
+        print(f"write.py: {cli.one_line(e)}", file=sys.stderr)
         return 1
     wrote = [r for r in results if not r["reused"]]
     print(
@@ -82,14 +107,17 @@ def write_main(argv: list[str] | None = None) -> int:
 
 
 def verify_main(argv: list[str] | None = None) -> int:
-    """Verify a shard root and print the per-split table."""
-    p = argparse.ArgumentParser(description="Re-read and check every shard of a shard root.")
-    p.add_argument("root", type=Path)
+    """Verify a shard root and print the per-split table (exit 1: it failed; 2: no shard root given)."""
+    p = cli.parser("verify.py", "Re-read and check every shard of a shard root.")
+    p.add_argument("root", type=Path, help="shard root (the --out of shards/write.py)")
     args = p.parse_args(argv)
+    if not (args.root / "_dataset.json").is_file():
+        what = "no such folder" if not args.root.is_dir() else "not a shard root (no _dataset.json)"
+        return cli.usage_exit("verify.py", cli.UsageError(f"{args.root}: {what}; give the --out of shards/write.py"))
     try:
-        reports = verify_dataset(args.root)
+        reports = verify_dataset(args.root, progress=True)
     except (DataError, ValueError, OSError) as e:
-        print(f"verify FAILED: {e}", file=sys.stderr)
+        print(f"verify FAILED: {cli.one_line(e)}", file=sys.stderr)
         return 1
     print(format_report(reports))
     print(f"verify OK: {sum(r.samples for r in reports.values())} samples, every image decoded, checksums match")

@@ -2,7 +2,7 @@
 DenseNet-121 with a CBAM after dense blocks 1–3, GAP, a 14-way linear head, trained with focal loss.
 
 Stages: ``train`` → ``eval`` (heatmap = the CAM of the last feature map; zhao2021 has no localization).
-``model.cbam_placement`` puts each CBAM before (METHODS.md choice) or after its transition layer.
+``model.cbam_placement`` puts each CBAM before (a choice, docs/methods.md#amdensenet) or after its transition layer.
 
 zhao2021 measured on a random 70/30 *image* split, not the official patient split: its numbers are comparable
 only with a run on shards written with ``--split-scheme random-image --test-fraction 0.3`` (``published.split``).
@@ -30,10 +30,12 @@ EVAL_WEIGHTS = ("best", "last")
 class AMDenseNet(Method):
     """One training stage, then evaluation of its best or last model (``options.eval_weights``)."""
 
+    IMAGENET = ("densenet121",)
+
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # "initialized with DenseNet-121 pre-trained on the ImageNet dataset"
-        cbam_placement: str = "before_transition"  # before_transition | after_transition (METHODS-CHECK §2.3)
+        cbam_placement: str = "before_transition"  # before_transition | after_transition (docs/methods.md#amdensenet)
         reduction: int = 16  # CBAM channel-MLP r: not in zhao2021, the CBAM default
 
     @dataclass

@@ -55,6 +55,8 @@ class Method(ABC):
     name: ClassVar[str]
     ModelConfig: ClassVar[type] = NoOptions
     Options: ClassVar[type] = NoOptions
+    # torchvision models whose ImageNet weights ``model.pretrained`` loads (checked before a run starts).
+    IMAGENET: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: DictConfig):
         self.cfg = cfg
@@ -68,6 +70,10 @@ class Method(ABC):
         except Exception as e:  # omegaconf raises several types; all mean a bad key or value
             raise ValueError(f"{where}: {e}".split("\n")[0]) from None
         return OmegaConf.to_object(merged)
+
+    def imagenet_backbones(self) -> list[str]:
+        """The torchvision models whose ImageNet weights this config loads (none unless ``model.pretrained``)."""
+        return list(self.IMAGENET) if getattr(self.model_cfg, "pretrained", False) else []
 
     def recipe(self, stage: str) -> DictConfig:
         """The recipe of one of the method's training stages."""

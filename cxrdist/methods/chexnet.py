@@ -16,6 +16,8 @@ from cxrdist.models import build_model
 class CheXNet(Method):
     """One training stage, then evaluation."""
 
+    IMAGENET = ("densenet121",)
+
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # ImageNet DenseNet-121

@@ -34,7 +34,7 @@ class CRAL(Method):
 
     @dataclass
     class ModelConfig:
-        pretrained: bool = True  # ImageNet backbone: not in guan2020 (METHODS-CHECK §2.2 choice)
+        pretrained: bool = True  # ImageNet backbone: not in guan2020 (choice)
         backbone: str = "densenet121"  # resnet50 | densenet121
         attention: str = "att1"  # att1 | att2
         category_wise: bool = True  # false: Table 2 "w/o category"
@@ -54,6 +54,10 @@ class CRAL(Method):
         ):
             if value not in known:
                 raise ValueError(f"method.{key} must be one of {known}, got {value!r}")
+
+    def imagenet_backbones(self) -> list[str]:
+        """The configured backbone's ImageNet weights, when ``model.pretrained``."""
+        return [self.model_cfg.backbone] if self.model_cfg.pretrained else []
 
     def build_model(self, stage: str) -> torch.nn.Module:
         """The network of ``stage`` with the configured backbone, attention and ablation switches."""

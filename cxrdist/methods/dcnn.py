@@ -16,6 +16,8 @@ from cxrdist.models import build_model
 class DCNN(Method):
     """One training stage, then evaluation."""
 
+    IMAGENET = ("resnet50",)
+
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # ImageNet ResNet-50

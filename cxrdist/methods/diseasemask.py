@@ -1,6 +1,6 @@
 """kim2021 disease masks: align chest X-rays to an anchor, learn per-disease masks from CAMs, retrain with them.
 
-Stages (METHODS.md "Multi-stage methods"; METHODS-CHECK §1.2 adds stage 0):
+Stages (docs/methods.md#diseasemask; stage 0 is cxrdist's, the paper presupposes its network):
 
 0. ``perceptual`` — a plain ResNet-50 classifier on unaligned images (the perceptual-loss network of Eq. 7,
    "pretrained on the ChestX-ray14 dataset"): ``DiseaseMaskNet`` with ψ = 0 is exactly GAP + Linear ResNet-50.
@@ -39,9 +39,11 @@ FRAME_OPS = ("resize", "resize_nearest")  # ops that keep the whole frame: the a
 class DiseaseMask(Method):
     """Perceptual net, alignment, classifier, masks, retraining, evaluation."""
 
+    IMAGENET = ("resnet50", "resnet18")  # classifiers; the alignment net
+
     @dataclass
     class ModelConfig:
-        pretrained: bool = True  # ImageNet ResNet-50 / ResNet-18 (NOT IN PAPER; METHODS-CHECK §2.5 choice)
+        pretrained: bool = True  # ImageNet ResNet-50 / ResNet-18 (NOT IN PAPER: a choice)
 
     @dataclass
     class Options:

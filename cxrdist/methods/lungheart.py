@@ -1,6 +1,6 @@
 """fang2021 lung/heart weighting: U-Net masks of lungs and heart weight DenseNet-121 features (F_l = F_g ⊙ M_g).
 
-Stages (METHODS.md "Multi-stage methods"):
+Stages (docs/methods.md#lungheart):
 
 1. ``seg`` — train the U-Net (left lung, right lung, heart; soft Dice) on the JSRT + SCR set
    (``method.options.seg_root``, layout in :mod:`cxrdist.data.jsrt`); DONE.json holds the val Dice per structure.
@@ -40,6 +40,8 @@ def maps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, t
 class LungHeart(Method):
     """U-Net masks, then the masked classifier, then evaluation."""
 
+    IMAGENET = ("densenet121",)  # the U-Net starts from scratch
+
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # ImageNet DenseNet-121 ("pre-trained 121-layer DenseNet", fang2021 §4.2)
@@ -50,7 +52,7 @@ class LungHeart(Method):
     class Options:
         seg_root: str | None = None  # JSRT + SCR root; None = <data.root>/../phantom/segmentation (demo layout)
         seg_val_fraction: float = 0.2  # JSRT images held out for model selection (choice)
-        seg_threshold: float = 0.5  # per-channel sigmoid threshold (METHODS.md choice)
+        seg_threshold: float = 0.5  # per-channel sigmoid threshold (choice)
         unet_width: int = 32  # U-Net base width (choice; depth 4)
         mask_size: int = 64  # side of the stored union mask (whole frame, fractional; choice)
         examples: int = 4  # example images in the stages' PNGs

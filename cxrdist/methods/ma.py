@@ -9,7 +9,7 @@ Stages:
   (the hard positive images, see :func:`hard_examples`) is written as the key list ``hard_keys.txt``, with its
   size per class in DONE.json.
 - ``retrain``: train on C = A + B (B's images twice per epoch, via the loader's ``oversample_keys``), from the
-  ImageNet init (``options.retrain_init: imagenet``, METHODS.md choice) or from ``base`` (``base``).
+  ImageNet init (``options.retrain_init: imagenet``, choice) or from ``base`` (``base``).
 - ``eval``: test AUROC of retrain's best model; the bbox heatmap is the per-position score map (ma2019 Fig. 4).
 
 Parameters at 14 classes, 3 input channels: 47,335,230 (SE-ResNet-101 features 47,277,872 + 4096·14 + 14).
@@ -36,7 +36,7 @@ from cxrdist.models import build_model
 # ma2019 §3.3: "We set the threshold as 0.5. If the predicted score of a disease is greater than 0.5, we will
 # consider that this sample has the corresponding disease."
 THRESHOLD = 0.5
-# image: ≥ 1 false-negative class (METHODS.md); differs: the literal "positive samples whose prediction is
+# image: ≥ 1 false-negative class (docs/methods.md); differs: the literal "positive samples whose prediction is
 # different from the label" (a false positive on an image with some positive label counts too).
 GRANULARITIES = ("image", "differs")
 RETRAIN_INITS = ("imagenet", "base")
@@ -103,14 +103,16 @@ def init_from_base(ctx: StageContext, model: torch.nn.Module) -> None:
 class MultiAttention(Method):
     """base → mine → retrain → eval (module docstring)."""
 
+    IMAGENET = ("resnet101",)  # the ResNet part of SE-ResNet-101 (ma2019 §4.1)
+
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # ImageNet ResNet-101 weights in the ResNet part (ma2019 §4.1); SE blocks random
 
     @dataclass
     class Options:
-        hard_granularity: str = "image"  # image | differs (METHODS.md choice; METHODS-CHECK §2.1)
-        retrain_init: str = "imagenet"  # imagenet | base (METHODS.md choice)
+        hard_granularity: str = "image"  # image | differs (choice: docs/methods.md#ma)
+        retrain_init: str = "imagenet"  # imagenet | base (choice)
 
     def __init__(self, cfg: Any):
         super().__init__(cfg)
@@ -130,7 +132,7 @@ class MultiAttention(Method):
             build_context_free(self, "base"),
             weights=lambda ctx: ctx.stage_path("base", "best.pt"),
             split="train",
-            transforms=lambda ctx: base.transforms,  # a ScoreStage reads the eval ops (METHODS-CHECK §2.1)
+            transforms=lambda ctx: base.transforms,  # a ScoreStage reads the eval ops (docs/methods.md#ma)
             finish=partial(write_hard_examples, granularity=self.options.hard_granularity),
         )
         retrain = self.train_and_eval(

@@ -11,8 +11,11 @@ using weights from the pre-trained ResNet-101 model(using ImageNet)"), with the 
 
 from __future__ import annotations
 
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision.models as tvm
@@ -37,13 +40,42 @@ def weights_error(name: str, exc: BaseException) -> RuntimeError:
     )
 
 
+def imagenet_weights(name: str) -> tvm.WeightsEnum:
+    """The ImageNet weights ``pretrained`` loads for torchvision model ``name`` (see the module docstring)."""
+    return _TORCHVISION[name][1].DEFAULT
+
+
+def ensure_imagenet_weights(name: str, timeout_s: float = 60.0) -> Path:
+    """The cached weights file of torchvision model ``name``, downloaded into the torch cache if missing.
+
+    Lets a launcher find missing weights before a run starts (a download on a login node also serves compute
+    nodes without internet that share the cache). ``timeout_s`` bounds each network wait.
+
+    Raises:
+        RuntimeError: the file is not cached and cannot be downloaded (:func:`weights_error`).
+    """
+    weights = imagenet_weights(name)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if path.is_file():
+        return path
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # urllib's default is to wait forever on a silent network
+    try:
+        weights.get_state_dict(progress=False)  # torch.hub caches it under the same path (hash-checked)
+    except Exception as exc:  # URLError, timeout, hash mismatch: all mean "no usable weights"
+        raise weights_error(f"{name} ({weights.url}, cache {path.parent})", exc) from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+    return path
+
+
 def build_torchvision_model(name: str, pretrained: bool) -> nn.Module:
     """Build a torchvision ImageNet model (1000-class head), with ``weights=DEFAULT`` when ``pretrained``.
 
     Raises:
         RuntimeError: ``pretrained`` and the weights are neither cached nor downloadable.
     """
-    builder, weights = _TORCHVISION[name]
+    builder = _TORCHVISION[name][0]
     if not pretrained:
         # A random ResNet starts with every residual branch's last BN scale at zero (Goyal et al. 2017), as timm's
         # SE-ResNet-101 does by default (zero_init_last): measured on the 64-px phantom, ResNet-50 from scratch at
@@ -52,7 +84,7 @@ def build_torchvision_model(name: str, pretrained: bool) -> nn.Module:
         kwargs = {"zero_init_residual": True} if name.startswith("resnet") else {}
         return builder(weights=None, **kwargs)
     try:
-        return builder(weights=weights.DEFAULT)
+        return builder(weights=imagenet_weights(name))
     except Exception as exc:  # URLError, hash mismatch, corrupt cache: all mean "no usable weights"
         raise weights_error(name, exc) from exc
 
@@ -99,7 +131,7 @@ def load_resnet101_into_seresnet(features: nn.Module, in_chans: int) -> None:
             (or the other way round).
     """
     try:
-        state = tvm.ResNet101_Weights.DEFAULT.get_state_dict(progress=False)
+        state = imagenet_weights("resnet101").get_state_dict(progress=False)
     except Exception as exc:
         raise weights_error("resnet101 (the ResNet part of seresnet101)", exc) from exc
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -37,16 +37,32 @@ def test_unknown_option_lists_choices():
 
 
 @pytest.mark.parametrize(
-    "override,key",
+    "override,message",
     [
-        ("method.stages.train.epoch=1", "epoch"),
-        ("engine.zero_stag=1", "zero_stag"),
-        ("method.stages.train.optim.lrr=1", "lrr"),
+        (
+            "method.stages.train.epoch=1",
+            "unknown config key method.stages.train.epoch; did you mean method.stages.train.epochs?",
+        ),
+        ("engine.zero_stag=1", "unknown config key engine.zero_stag; did you mean engine.zero_stage?"),
+        (
+            "method.stages.train.optim.lrr=1",
+            "unknown config key method.stages.train.optim.lrr; did you mean method.stages.train.optim.lr?",
+        ),
+        ("method.model.pretraind=false", "did you mean method.model.pretrained?"),
+        ("foo=1", r"unknown config key foo \(the root has: data, loader"),
+        ("engine.max_batch_per_rank=abc", "bad value for engine.max_batch_per_rank=abc: Value 'abc'"),
+        ("2", "'2' is not a config override: write key=value"),
     ],
 )
-def test_mistyped_key_is_named(override: str, key: str):
-    with pytest.raises(ValueError, match=f"Key '{key}' not in"):
+def test_mistyped_key_is_named(override: str, message: str):
+    with pytest.raises(ValueError, match=message) as e:
         compose(["method=chexnet", override])
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_option_suggests_the_closest():
+    with pytest.raises(ValueError, match="unknown method option 'chexnte'; did you mean chexnet\\? choose one of"):
+        compose(["method=chexnte"])
 
 
 def test_method_option_validated_by_method():

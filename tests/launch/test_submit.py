@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from cxrdist.launcher import LaunchError, submit
+from cxrdist.launcher import LaunchError, build_executor, parser, submit
+
+REPO = Path(__file__).resolve().parents[2]
 
 TINY = [
     "method.model.pretrained=false",
@@ -85,9 +88,9 @@ def test_dry_run_cpu_nodes(tmp_path: Path):
         (["--nodes", "0"], "--nodes must be ≥ 1"),
         (["--cluster", "local", "--gpus-per-node", "1"], "asked of this machine, which has 0"),
         (["--cluster", "local", "--nodes", "2"], "--nodes must be 1"),
-        (["method.stages.train.epoch=3"], "Key 'epoch' not in"),
+        (["method.stages.train.epoch=3"], "unknown config key method.stages.train.epoch; did you mean"),
         (["method=nope"], "unknown method option 'nope'"),
-        (["--nodess", "2"], "unknown launcher flag"),
+        (["--nodess", "2"], "unknown flag --nodess; did you mean --nodes"),
     ],
 )
 def test_refusals(tmp_path: Path, argv: list[str], match: str):
@@ -152,3 +155,102 @@ def test_wait_results_survives_a_requeue(monkeypatch: pytest.MonkeyPatch):
     with pytest.raises(submitit.core.utils.UncompletedJobError):
         launcher.wait_results(job)  # squeue now says COMPLETED: a real failure, raised
     assert len(calls) == 1
+
+
+def _script(name: str):
+    """A launch/ script as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"launch_{name}", REPO / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_local_cluster_shows_rank0_progress_and_warns_once(shard_root: Path, tmp_path: Path, capsys):
+    """submit.py --cluster local waits for the job and shows rank 0's lines; a val warning is said once."""
+    run = tmp_path / "r"
+    argv = ["--cluster", "local", "--run-dir", str(run), f"data.root={shard_root}", *TINY, "method=chexnet"]
+    assert _script("submit").main([*argv, "method.stages.train.epochs=2"]) == 0
+    err = capsys.readouterr().err
+    assert "train epoch 1/2: train loss" in err and "train epoch 2/2: train loss" in err, err
+    assert "stage eval: done" in err, err
+    state = json.loads((run / "logs" / "progress.json").read_text())
+    assert state["done"] and state["n"] == state["total"]
+    counts = json.loads((shard_root / "val" / "_info.json").read_text())["label_counts"]
+    empty = [c for c, n in counts.items() if n == 0]
+    assert empty, "the session phantom's val split has classes without positives (this test relies on it)"
+    log = (run / "logs" / "rank0.log").read_text()
+    for c in empty:
+        assert log.count(f"train: val {c}: AUROC undefined") == 1, c  # two epochs, one warning
+
+
+def test_zero_is_a_value_not_unset():
+    """--max-requeues 0 means no requeue (not the config's 5); --timeout-min 0 and the like are refused."""
+    from cxrdist.cli import UsageError
+    from cxrdist.config import compose
+
+    cfg = compose(["cluster=slurm", "data.root=/d"])
+    args = parser().parse_args(["--max-requeues", "0", "--timeout-min", "7", "--partition", ""])
+    ex = build_executor(args, Path("/tmp/unused"), 1, cfg, preview=True)
+    assert ex.max_num_timeout == 0 and ex.parameters["time"] == 7 and "partition" in ex.parameters
+    args = parser().parse_args([])
+    ex = build_executor(args, Path("/tmp/unused"), 1, cfg, preview=True)
+    assert ex.max_num_timeout == cfg.cluster.max_requeues == 5 and ex.parameters["time"] == 1440
+    for flags, message in (
+        (["--max-requeues", "-1"], "--max-requeues must be ≥ 0"),
+        (["--cpus-per-task", "0"], "--cpus-per-task must be ≥ 1, got 0"),
+        (["--mem-gb", "0"], "--mem-gb must be ≥ 1, got 0"),
+        (["--tasks-per-node", "0"], "--tasks-per-node must be ≥ 1, got 0"),
+        (["cluster.timeout_min=0"], "cluster.timeout_min must be ≥ 1"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            submit(["--dry-run", *flags, "data.root=/d"])
+
+
+def test_dry_run_needs_no_srun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """submitit's SlurmExecutor refuses to exist without srun; the dry run's preview does not need it."""
+    import shutil
+
+    import submitit
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    assert shutil.which("srun") is None
+    with pytest.raises(RuntimeError, match="srun"):
+        submitit.SlurmExecutor(folder=tmp_path / "x")
+    out = submit(["--dry-run", "--nodes", "4", "--gpus-per-node", "8", "--run-dir", str(tmp_path / "r"), "method=ma"])
+    assert "#SBATCH --nodes=4" in out["script"] and "srun" in out["script"]
+    assert out["notes"] and "data.root=data/shards" in out["notes"][0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_imagenet_weights_refuse_the_run_before_it_exists(
+    shard_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import urllib.error
+
+    import torch
+
+    from cxrdist.cli import UsageError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_network(url: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError(f"network disabled in tests ({url})")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    run = tmp_path / "r"
+    argv = ["--cluster", "local", "--run-dir", str(run), f"data.root={shard_root}", "logger=none"]
+    for method, name in (("chexnet", "densenet121"), ("ma", "resnet101"), ("diseasemask", "resnet50")):
+        with pytest.raises(UsageError, match=f"method {method}, model.pretrained=true: ImageNet weights for {name}"):
+            submit([*argv, f"method={method}", "method.model.pretrained=true"])
+    with pytest.raises(UsageError, match="ImageNet weights for resnet50"):
+        submit([*argv, "method=cral", "method.model.pretrained=true", "method.model.backbone=resnet50"])
+    assert not run.exists()
+    # Cached weights pass without the network.
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "densenet121-a639ec97.pth").write_bytes(b"")
+    from cxrdist.config import compose
+    from cxrdist.methods import get_method
+    from cxrdist.preflight import check_weights
+
+    check_weights(get_method("chexnet")(compose(["method=chexnet", "data.root=/d"])))
