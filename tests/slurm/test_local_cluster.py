@@ -300,22 +300,23 @@ def test_train_sbatch_template_runs_torchrun_on_both_nodes(cluster: Cluster, tmp
         "sum={t.item():g} args={' '.join(sys.argv[1:])}\", flush=True)\n"
         "dist.destroy_process_group()\n"
     )
-    out = tmp_path / "train.out"
     # The local cluster has no GPUs and 2 CPUs per node: override the template's 8 GPUs / 32 CPUs per node.
-    sbatch_args = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=5", "-o", str(out), "--chdir", str(tmp_path)]
+    # No -o: the job's output must land in its run dir, nothing in the submission folder (--chdir).
+    sbatch_args = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=5", "--chdir", str(tmp_path)]
     overrides = ["method=chexnet", "trainer.max_steps=3"]
     stub_env = {"PYTHON": sys.executable, "TRAIN_MODULE": "cxrdist_stub_train", "PYTHONPATH": str(stub_dir)}
     job_id = _sbatch_wait(
         cluster, [*sbatch_args, str(TRAIN_SBATCH), *overrides], timeout=170, GLOO_SOCKET_IFNAME="lo", **stub_env
     )
-    text = out.read_text()
+    run_dir = "runs/cxrdist"  # the job name: a resubmission finds the same run dir
+    out = tmp_path / run_dir / "logs" / f"sbatch-{job_id}.out"
+    text = out.read_text() if out.is_file() else f"{out} missing"
     assert _sacct_states(cluster, job_id) == ["COMPLETED"], text
     ranks = re.findall(r"rank=(\d)/2 node=(n\d) sum=3 args=(.*)", text)
     assert sorted(r for r, _, _ in ranks) == ["0", "1"], text
     assert sorted(n for _, n, _ in ranks) == ["n1", "n2"], text
-    run_dir = "runs/cxrdist"  # the job name: a resubmission finds the same run dir
     assert {a for _, _, a in ranks} == {f"run_dir={run_dir} method=chexnet trainer.max_steps=3"}, text
-    assert (tmp_path / run_dir).is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "stub"]  # no slurm-*.out / %x-%j.out here
 
 
 @pytest.mark.slurm
