@@ -53,6 +53,20 @@ class DistEnv:
         return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def cpu_threads(env: DistEnv) -> int:
+    """CPU threads for this rank's torch ops: ``OMP_NUM_THREADS`` when set, else its share of the CPUs.
+
+    The share is the Slurm task's CPUs (``SLURM_CPUS_PER_TASK``), else this process's CPUs divided among the
+    node's ranks. torch's own default (every core, in every rank) oversubscribes a node running several ranks:
+    measured on 2 cores, 2 submitit-local ranks trained 13x slower (10 steps in 222 s instead of 16.6 s).
+    """
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    return max(1, len(os.sched_getaffinity(0)) // max(1, env.local_world_size))
+
+
 def port_from_job_id(job_id: str | int) -> int:
     """A port in [20000, 40000) derived from the Slurm job id (stable across a job's tasks)."""
     digits = "".join(c for c in str(job_id) if c.isdigit()) or "0"

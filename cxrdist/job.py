@@ -78,6 +78,8 @@ def rank_session(cfg_dict: dict[str, Any], run_dir: str, tracker_config: dict[st
 
     env = dist.from_environment()
     setup_logging(run_dir, env.rank)
+    torch.set_num_threads(dist.cpu_threads(env))
+    os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # loader workers inherit it
     cfg = from_container(cfg_dict)
     if cfg.engine.deterministic:
         torch.use_deterministic_algorithms(True)

@@ -15,3 +15,17 @@ def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UsageError, match="2 ranks on this node but 1 visible GPU"):
         job.run_local(None, nproc=2)  # refused before the config is even looked at
+
+
+def test_each_rank_takes_its_share_of_the_cpus(monkeypatch: pytest.MonkeyPatch):
+    """Without OMP_NUM_THREADS, ranks split the CPUs (torch's default gives every rank all of them)."""
+    from cxrdist.dist import DistEnv, cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr(job.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert cpu_threads(DistEnv(local_world_size=2)) == 4 and cpu_threads(DistEnv(local_world_size=16)) == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert cpu_threads(DistEnv(local_world_size=2)) == 6
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads(DistEnv(local_world_size=2)) == 3
