@@ -178,7 +178,7 @@ class Trainer:
         per_step = self.micro * env.world_size  # images of one micro-step over all ranks
         bar = self.ctx.progress(
             len(self.train_loader) * per_step,
-            f"{self.stage.name} epoch {self.train_loader.epoch}",
+            f"{self.stage.name} epoch {self.train_loader.epoch + 1}/{self.recipe.epochs}",  # as the epoch lines
             initial=self.train_loader.sampler.state.consumed,  # a resumed epoch starts part-way
         )
         t0, seen = time.perf_counter(), 0
