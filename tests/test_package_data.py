@@ -88,7 +88,7 @@ def test_a_built_wheel_ships_the_metadata_and_configs(tmp_path: Path):
 
 
 def test_nothing_in_the_repository_points_outside_it():
-    """No tracked file reads from, or sends readers to, a folder beside the repository (``../shared``)."""
+    """No tracked file reads from, or sends readers to, a folder beside the repository."""
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     # Spelled in pieces so this file does not match itself.
     needles = [
