@@ -187,3 +187,16 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     """True if ``flag`` is true on any rank (e.g. a NaN loss seen by one rank stops all)."""
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     return bool(all_reduce_sum(t).item() > 0)
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BatchNorm running statistics ...); no-op when not distributed.
+
+    DDP broadcasts buffers at the start of each forward, so after training steps every rank holds the
+    statistics of its own last batch: without this, ranks would validate with different models, and a resumed
+    run (whose ranks all load rank 0's saved buffers) would validate differently from an uninterrupted one.
+    """
+    if not is_distributed():
+        return
+    for buf in module.buffers():
+        torch_dist.broadcast(buf.data, src=src)

@@ -13,13 +13,21 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from cxrdist import dist
-from cxrdist.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model_weights
+from cxrdist.engine.checkpoint import (
+    fault_point,
+    latest_checkpoint,
+    load_checkpoint,
+    recover_checkpoints,
+    save_checkpoint,
+    save_model_weights,
+)
 from cxrdist.engine.losses import build_loss
 from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
 from cxrdist.engine.strategy import Strategy, build_strategy
@@ -98,11 +106,22 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Continue from the newest complete checkpoint of this stage, if any."""
-        path = latest_checkpoint(self.ckpt_root)
+        """Continue from the newest complete checkpoint of this stage, if any (rank 0 recovers and picks it)."""
+        found: tuple[Path | None, str | None] = (None, None)
+        if self.ctx.env.is_main:
+            try:
+                recover_checkpoints(self.ckpt_root)
+                found = (latest_checkpoint(self.ckpt_root), None)
+            except OSError as e:
+                found = (None, f"{self.ckpt_root}: could not recover interrupted checkpoints: {e}")
+        # One listing, broadcast: on a shared filesystem another node's listing may lag rank 0's renames.
+        path, error = dist.broadcast_object(found)
+        if error is not None:
+            raise RuntimeError(error)
         if path is None:
             return
         saved = load_checkpoint(path, self.strategy)
+        dist.broadcast_buffers(self.strategy.unwrap())
         if self.scheduler is not None and saved.get("scheduler") is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
         self.train_loader.load_state_dict(saved["loader"])
@@ -133,8 +152,9 @@ class Trainer:
             t0 = time.perf_counter()
             if self.train_loader.epoch == self.state.epochs_done:
                 train_loss = self._run_epoch()
-            else:  # killed after the epoch's last step but before its end-of-epoch work
-                train_loss = float("nan")
+            else:  # killed after the epoch's last step but before its end-of-epoch work: its sums were saved
+                train_loss = self.state.loss_sum / max(self.state.loss_count, 1)
+            fault_point("epoch_end", self.ctx.env.rank)
             self._end_of_epoch(train_loss, t0)
             self.checkpoint()
         model = self.strategy.unwrap()
@@ -221,6 +241,7 @@ class Trainer:
 
     def _validate(self) -> dict[str, float]:
         model = self.strategy.unwrap()
+        dist.broadcast_buffers(model)  # every rank validates rank 0's model (the one saved), buffers included
         local = run_inference(model, self.val_loader, forward=self.stage.forward, autocast=self.strategy.autocast)
         placed = gather_to_main(local, self.val_loader.num_samples)
         metrics: dict[str, Any] = {}

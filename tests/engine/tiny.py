@@ -30,6 +30,16 @@ class TinyNet(Classifier):
         return maps.mean((2, 3)), maps
 
 
+class TinyBNNet(TinyNet):
+    """TinyNet with a BatchNorm: its running statistics are what ranks hold differently after a step."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU()
+        )
+
+
 def tiny_cfg(shards: Path, run_dir: Path, *extra: str):
     """A chexnet config trimmed for the tiny net: 32 px, global batch 16, SGD, 2 epochs."""
     return compose(
@@ -57,6 +67,11 @@ def tiny_cfg(shards: Path, run_dir: Path, *extra: str):
 def tiny_stages(cfg):
     """Train the tiny net with the chexnet recipe of ``cfg`` (no eval stage)."""
     return [TrainStage("train", cfg.method.stages.train, lambda ctx: TinyNet())]
+
+
+def tiny_bn_stages(cfg):
+    """Train the tiny BatchNorm net (no eval stage)."""
+    return [TrainStage("train", cfg.method.stages.train, lambda ctx: TinyBNNet())]
 
 
 def tiny_stages_with_eval(cfg):
