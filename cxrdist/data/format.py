@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cxrdist.labels import NUM_LABELS
+from cxrdist.rundir import write_failure
 
 FORMAT_VERSION = 1
 COMPONENTS = ("jpg", "cls", "json")
@@ -45,12 +46,21 @@ def shard_name(index: int) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file and ``os.replace`` (never a partial file)."""
+    """Write ``data`` to ``path`` via a temp file and ``os.replace`` (never a partial file).
+
+    A failed write (disk full) removes the temp file and raises an error naming ``path``: what was there
+    before, and every shard already complete, is kept.
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = "files already written are kept (complete shards are not rewritten); free space and rerun"
+        raise write_failure(path, e, kept) from e
     os.replace(tmp, path)
 
 

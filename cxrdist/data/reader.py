@@ -7,6 +7,7 @@ step and able to over-sample a key list; a stream with a shuffle buffer can do n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ class SampleRef:
 class ShardReader:
     """One split of a shard root: keys, labels and random access to every member.
 
-    Opening checks every shard's index against its tar (sizes, members present), the split's manifest, and
-    optionally the writer config hash the caller expects; all labels are loaded once (14 bytes a sample).
+    Opening checks every shard's index against the checksum and its tar against the size recorded in the
+    split's manifest, the index against its tar (sizes, members present), and optionally the writer config
+    hash the caller expects; all labels are loaded once (14 bytes a sample).
     """
 
     def __init__(self, root: str | Path, split: str, expected_config_hash: str | None = None):
@@ -56,7 +58,8 @@ class ShardReader:
         self.tars = [self.root / split / s["shard"] for s in info["shards"]]
         self.refs: list[SampleRef] = []
         self.keys: list[str] = []
-        for i, tar in enumerate(self.tars):
+        for i, (tar, record) in enumerate(zip(self.tars, info["shards"])):
+            self._check_manifest(tar, record, info_path)
             self._index_shard(i, tar)
         if len(self.keys) != info["num_samples"]:
             raise DataError(f"{info_path}: says {info['num_samples']} samples, the indexes hold {len(self.keys)}")
@@ -64,6 +67,23 @@ class ShardReader:
         self._files: dict[int, object] = {}
         self._pid = os.getpid()
         self.labels = np.stack([self._read_labels(i) for i in range(len(self))]) if len(self) else np.zeros((0, 14))
+
+    @staticmethod
+    def _check_manifest(tar: Path, record: dict, info_path: Path) -> None:
+        """The shard's .idx is the one written with its tar (sha256) and the tar has its written size."""
+        if not tar.is_file():
+            raise DataError(f"{tar}: shard missing")
+        idx = tar.with_suffix(".idx")
+        want = record.get("idx_sha256")
+        if want and idx.is_file() and hashlib.sha256(idx.read_bytes()).hexdigest() != want:
+            raise DataError(
+                f"{idx}: checksum differs from {info_path} (not the index written for {tar.name}); "
+                "rewrite the shards or restore the file (shards/verify.py checks a whole shard set)"
+            )
+        if "bytes" in record and tar.stat().st_size != record["bytes"]:
+            raise DataError(
+                f"{tar}: truncated or replaced ({tar.stat().st_size} bytes, {info_path} says {record['bytes']})"
+            )
 
     def _index_shard(self, i: int, tar: Path) -> None:
         if not tar.is_file():

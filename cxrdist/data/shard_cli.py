@@ -12,6 +12,7 @@ from cxrdist import cli
 from cxrdist.data.nih import SPLIT_SCHEMES, DataError
 from cxrdist.data.verify import format_report, verify_dataset
 from cxrdist.data.writer import WriterConfig, finalize, plan_tasks, prepare_output, write_shards
+from cxrdist.rundir import WriteFailed
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def write_main(argv: list[str] | None = None) -> int:
     try:
         results = write_shards(cfg, progress=True)
         summary = finalize(cfg)
-    except DataError as e:
+    except (DataError, WriteFailed) as e:  # bad input, or a write that failed (disk full): named, one line
         print(f"write.py: {cli.one_line(e)}", file=sys.stderr)
         return 1
     wrote = [r for r in results if not r["reused"]]

@@ -12,6 +12,7 @@ import torch
 
 from cxrdist.data.loader import LoaderSpec, build_loader
 from cxrdist.data.nih import DataError
+from cxrdist.data.reader import ShardReader
 from cxrdist.data.sampler import TrainSampler
 from cxrdist.data.sidecar import create_sidecar, mark_filled, write_key_list, write_rows
 
@@ -215,13 +216,39 @@ def test_undecodable_jpeg_names_key(bad_shards: Path, backend: str):
     _timed_error(backend, spec(bad_shards, "val", train=False), rf"shard-000000.tar: {key}: undecodable JPEG")
 
 
+def _write_idx_and_manifest(idx: Path, text: str) -> None:
+    """A bad .idx whose manifest checksum matches (a writer that wrote it so), to reach the index checks."""
+    import hashlib
+    import json
+
+    idx.write_text(text)
+    info = idx.parent / "_info.json"
+    d = json.loads(info.read_text())
+    for s in d["shards"]:
+        if s["shard"] == idx.with_suffix(".tar").name:
+            s["idx_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    info.write_text(json.dumps(d))
+
+
 def test_idx_not_matching_and_missing_component(bad_shards: Path):
     idx = bad_shards / "val" / "shard-000000.idx"
     lines = idx.read_text().splitlines()
-    idx.write_text("\n".join([lines[0], lines[1].replace(" cls ", " xyz ").replace(".cls", ".xyz")] + lines[2:]) + "\n")
+    bad = [lines[0], lines[1].replace(" cls ", " xyz ").replace(".cls", ".xyz")] + lines[2:]
+    _write_idx_and_manifest(idx, "\n".join(bad) + "\n")
     _timed_error("torch", spec(bad_shards, "val", train=False), r"lacks component\(s\) \['cls'\]")
-    idx.write_text("\n".join(lines[:-1]) + "\n")
+    _write_idx_and_manifest(idx, "\n".join(lines[:-1]) + "\n")
     _timed_error("torch", spec(bad_shards, "val", train=False), "header says")
+
+
+def test_swapped_idx_is_caught_on_open(bad_shards: Path):
+    """Each .idx's sha256 from the manifest is checked when a split is opened: a swapped index is named there,
+    not found later as an "undecodable JPEG" under the wrong key."""
+    a, b = bad_shards / "train" / "shard-000000.idx", bad_shards / "train" / "shard-000001.idx"
+    text_a, text_b = a.read_text(), b.read_text()
+    a.write_text(text_b)
+    b.write_text(text_a)
+    with pytest.raises(DataError, match=r"shard-000000.idx: checksum differs from .*train/_info.json"):
+        ShardReader(bad_shards, "train")
 
 
 def test_shards_from_other_writer_config(bad_shards: Path):

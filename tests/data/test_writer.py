@@ -251,3 +251,40 @@ def test_killed_writer_restart_gives_same_shards(phantom_root: Path, tmp_path: P
         got = json.loads((out / split / "_info.json").read_text())["shards"]
         assert [s["sha256"] for s in got] == [s["sha256"] for s in ref]
     assert not list(out.rglob(".*.tmp*"))
+
+
+def test_disk_full_names_the_file_and_keeps_what_was_written(
+    phantom_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """ENOSPC while writing a shard: one line naming the shard, no temp file left, a rerun resumes."""
+    import errno
+    import os
+
+    from cxrdist.data import format as fmt
+    from cxrdist.rundir import WriteFailed
+
+    real_fsync, calls = os.fsync, []
+
+    def full_after_first_shard(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if ".tar" in name:
+            calls.append(name)
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(fmt.os, "fsync", full_after_first_shard)
+    cfg = WriterConfig(nih_root=str(phantom_root), out=str(tmp_path / "s"), size=64, samples_per_shard=40, seed=0)
+    with pytest.raises(WriteFailed) as err:
+        write_dataset(cfg, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"could not write {tmp_path}/s/train/shard-000001.tar: no space left on device")
+    assert "files already written are kept" in message and "\n" not in message
+    assert sorted(p.name for p in (tmp_path / "s" / "train").iterdir()) == [
+        "shard-000000.idx",
+        "shard-000000.json",
+        "shard-000000.tar",
+    ]
+    monkeypatch.setattr(fmt.os, "fsync", real_fsync)
+    write_dataset(cfg, progress=False)  # space freed: the rerun reuses shard 0 and writes the rest
+    verify_dataset(tmp_path / "s")
