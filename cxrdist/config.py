@@ -283,3 +283,51 @@ def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
         elif va != vb:
             out.append(f"{key}: {va!r} → {vb!r}")
     return out
+
+
+# (key, lowest allowed value, whether the bound itself is allowed): values no run can use.
+_BOUNDS = (
+    ("loader.workers", 0, True),
+    ("loader.dali_threads", 1, True),
+    ("loader.eval_batch_per_rank", 1, True),
+    ("engine.max_batch_per_rank", 1, True),
+    ("engine.ckpt_every_steps", 1, True),
+    ("engine.ckpt_every_minutes", 0, False),
+    ("engine.keep_last", 0, True),
+    ("engine.log_every_steps", 1, True),
+    ("eval.compare_size", 1, True),
+    ("eval.heatmap_examples", 0, True),
+    ("cluster.timeout_min", 1, True),
+    ("cluster.max_requeues", 0, True),
+    ("cluster.signal_delay_s", 0, True),
+)
+_RECIPE_BOUNDS = (
+    ("epochs", 1, True),
+    ("global_batch", 1, True),
+    ("optim.lr", 0, False),
+    ("optim.momentum", 0, True),
+    ("optim.weight_decay", 0, True),
+    ("schedule.gamma", 0, False),
+    ("schedule.patience", 0, True),
+    ("max_steps_per_epoch", 1, True),
+)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse values no run can use (epochs, batch or lr ≤ 0, ...) with one line naming the key.
+
+    Called before anything is created or submitted (an ``epochs=0`` run would otherwise mark training DONE with
+    no model).
+    """
+    checks = [(key, lo, inclusive) for key, lo, inclusive in _BOUNDS]
+    for name in cfg.method.stages:
+        checks += [(f"method.stages.{name}.{key}", lo, inclusive) for key, lo, inclusive in _RECIPE_BOUNDS]
+    for key, lo, inclusive in checks:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None or value == MISSING:  # optional (max_steps_per_epoch) or unset (reported elsewhere)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{key}={value!r}: expected a number")
+        if value < lo or (value == lo and not inclusive):
+            bound = f"≥ {lo}" if inclusive else f"> {lo}"
+            raise ValueError(f"{key}={value}: must be {bound}")

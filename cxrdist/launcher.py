@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cxrdist import cli
+from cxrdist import cli, rundir
 from cxrdist.cli import UsageError
 
 logger = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ def check_slurm() -> None:
         ) from None
 
 
-# squeue states of a job that will still run (or is finishing): a requeued job passes through these.
-_LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-                "SUSPENDED", "RESIZING", "STAGE_OUT", "SIGNALING"}  # fmt: skip
+_LIVE_STATES = rundir.SLURM_LIVE_STATES
 
 
 def slurm_job_live(job_id: str) -> bool:
@@ -126,6 +124,15 @@ def wait_results(job: Any, poll_s: float = 5.0) -> list[Any]:
                 raise
             logger.info("job %s was requeued; waiting for its next attempt", job.job_id)
             time.sleep(poll_s)
+
+
+def failure_summary(run_dir: str | Path, error: BaseException, since: float = 0.0) -> str:
+    """One line for a failed job: the rank that failed first (in errors recorded after ``since``), else ``error``."""
+    first = rundir.first_failure(run_dir, since=since)
+    if first is not None:
+        return rundir.failure_line(first, run_dir)
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"
 
 
 def _given(flag: Any, default: Any) -> Any:
@@ -202,7 +209,7 @@ def job_script(executor: Any) -> str:
 
 def resolve(argv: list[str]) -> tuple[argparse.Namespace, Any, int]:
     """Parse flags and overrides; compose and validate the config; fix the run dir."""
-    from cxrdist.config import compose
+    from cxrdist.config import compose, validate_config
 
     p = parser()
     args, extra = p.parse_known_args(argv)
@@ -217,6 +224,7 @@ def resolve(argv: list[str]) -> tuple[argparse.Namespace, Any, int]:
         )
     run_dir = args.run_dir or Path("runs") / (args.name or cfg.method.name)
     cfg.run_dir = str(run_dir.resolve())
+    validate_config(cfg)
     from cxrdist.methods import get_method  # after the cheap checks: importing the models takes seconds
 
     get_method(cfg.method.name)(cfg)
@@ -243,14 +251,25 @@ def submit(argv: list[str]) -> dict[str, Any]:
         }
     if args.cluster == "slurm":
         check_slurm()
-    run_dir = prepare_run(cfg, force=args.force)
-    ex = build_executor(args, run_dir / "submitit", tasks, cfg)
-    job = ex.submit(Job(to_container(cfg), str(run_dir)))
+    submitted = time.time()
+    lock = rundir.new_token()  # the job's: its requeues pass, any other submission is refused while it lives
+    run_dir = prepare_run(cfg, force=args.force, lock=lock, role="a submission")
+    try:
+        ex = build_executor(args, run_dir / "submitit", tasks, cfg)
+        job = ex.submit(Job(to_container(cfg), str(run_dir), lock))
+    except BaseException:
+        rundir.release_lock(run_dir, lock)
+        raise
+    if args.cluster == "slurm":
+        rundir.update_lock(run_dir, lock, slurm_job_id=str(job.job_id), role=f"Slurm job {job.job_id}")
+    elif args.cluster == "local":  # the job id is the pid of submitit's controller process on this host
+        rundir.update_lock(run_dir, lock, pid=int(job.job_id), role=f"local job {job.job_id}")
     where = "none" if cfg.logger.backend == "none" else wandb_environment(run_dir)["WANDB_DIR"]
     return {
         "job_id": job.job_id,
         "job": job,
         "run_dir": str(run_dir),
+        "submitted": submitted,
         "wandb": where,
         "tasks": tasks,
         "wait": args.wait or args.cluster in ("debug", "local"),

@@ -6,9 +6,11 @@ nothing lands in $HOME. Offline unless the environment says otherwise (``WANDB_M
 append to an *offline* run: each job segment writes its own ``offline-run-*-<id>`` folder with the same id;
 sync them in order (``wandb sync RUN/wandb/wandb/offline-run-*``). Online runs resume with ``resume="allow"``.
 
-Every scalar row is also appended to ``RUN/logs/metrics.jsonl`` (rank 0), and a W&B failure mid-run (its
-service process dies with the job's SIGTERM, a network error online) turns W&B off with one warning instead
-of killing training: the metrics go on in the JSON lines file.
+Every scalar row is also appended to ``RUN/logs/metrics.jsonl`` (rank 0), tagged with the job attempt that
+wrote it (``attempt``: the run dir's attempt counter, see rundir.py), and a W&B failure mid-run (its service
+process dies with the job's SIGTERM, a network error online) turns W&B off with one warning instead of
+killing training: the metrics go on in the JSON lines file. A requeued or resubmitted job logs again the steps
+it redoes; :func:`read_metrics` returns each step of each stage once, the latest attempt's values winning.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Tracker:
 
     run_id: str | None = None
     location: str = "none"
+    attempt: int = 0
 
     def log(self, metrics: dict[str, Any], step: int, prefix: str = "run") -> None:
         """Log scalars at ``step`` of a stage (``prefix``: each stage counts its own steps)."""
@@ -124,7 +127,10 @@ def wandb_environment(run_dir: Path) -> dict[str, str]:
 class WandbTracker(Tracker):
     """W&B run on rank 0 with a persisted id; every scalar row also goes to ``RUN/logs/metrics.jsonl``."""
 
-    def __init__(self, run_dir: Path, project: str, entity: str | None, group: str, config: dict[str, Any]):
+    def __init__(
+        self, run_dir: Path, project: str, entity: str | None, group: str, config: dict[str, Any], attempt: int = 0
+    ):
+        self.attempt = attempt
         env = wandb_environment(run_dir)
         for k, v in env.items():
             if k != "WANDB_MODE":
@@ -170,7 +176,8 @@ class WandbTracker(Tracker):
             self.run = None
 
     def _append(self, row: dict[str, Any]) -> None:
-        self._jsonl_file.write(json.dumps({"time": round(time.time(), 3), **row}, default=float) + "\n")
+        stamp = {"time": round(time.time(), 3), "attempt": self.attempt}
+        self._jsonl_file.write(json.dumps({**stamp, **row}, default=float) + "\n")
 
     def _step_key(self, prefix: str) -> str:
         # Each stage has its own step axis: W&B's own step must only grow, and stages restart at 0.
@@ -213,10 +220,48 @@ def build_tracker(
     entity: str | None = None,
     group: str = "",
     config: dict[str, Any] | None = None,
+    attempt: int = 0,
 ) -> Tracker:
-    """W&B on rank 0 when ``backend == 'wandb'``, else a no-op tracker."""
+    """W&B on rank 0 when ``backend == 'wandb'``, else a no-op tracker; ``attempt`` tags metrics.jsonl rows."""
     if backend not in ("wandb", "none"):
         raise ValueError(f"unknown logger {backend!r}; choose wandb or none")
     if backend == "none" or not is_main:
         return Tracker()
-    return WandbTracker(run_dir, project, entity, group, config or {})
+    return WandbTracker(run_dir, project, entity, group, config or {}, attempt=attempt)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (or of ``RUN/logs/metrics.jsonl`` given a run dir), each step once.
+
+    A row is keyed by its stage's step axis (``<stage>/step``) and step. Rows of the same stage and step (an
+    attempt that redid steps after a requeue, or the train and val rows of an epoch's last step) merge into one;
+    for each metric the value of the latest attempt wins (within an attempt, the later row). The result is in
+    order of the stages' first appearance, then step; each row holds ``attempt`` (the latest that contributed)
+    and ``time`` (of its latest row). A last line cut short by a kill is skipped; rows without an attempt (older
+    files) count as attempt 0.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "logs" / "metrics.jsonl"
+    merged: dict[tuple[str, int], dict[str, tuple[int, Any]]] = {}
+    axes: list[str] = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        axis = next((k for k in row if k.endswith("/step")), None)
+        if axis is None:
+            continue
+        if axis not in axes:
+            axes.append(axis)
+        attempt = int(row.get("attempt", 0))
+        slot = merged.setdefault((axis, int(row[axis])), {})
+        for k, v in row.items():
+            if k != "attempt" and (k not in slot or attempt >= slot[k][0]):
+                slot[k] = (attempt, v)
+    out = []
+    for axis, step in sorted(merged, key=lambda key: (axes.index(key[0]), key[1])):
+        slot = merged[(axis, step)]
+        out.append({k: v for k, (_, v) in slot.items()} | {"attempt": max(a for a, _ in slot.values())})
+    return out

@@ -1,14 +1,16 @@
 """torchrun entry point (used by slurm/train.sbatch): ``torchrun ... --module cxrdist.train run_dir=R method=...``.
 
 Every rank composes the same overrides; rank 0 prepares the run dir (refusing one started with another
-config) and broadcasts the resolved config, so every rank runs exactly what ``RUN/config.yaml`` says.
+config, or held by another live job) and broadcasts the resolved config, so every rank runs exactly what
+``RUN/config.yaml`` says. Under Slurm the run dir's lock token is the job id, so a requeue of the job passes.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from cxrdist import dist
+from cxrdist import dist, rundir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,20 +20,22 @@ def main(argv: list[str] | None = None) -> int:
 
     env = dist.from_environment()
     dist.init(env)
+    job_id = os.environ.get("SLURM_JOB_ID")
+    lock = f"slurm-{job_id}" if job_id else rundir.new_token()
     cfg_dict, error = None, None
     if env.is_main:
         try:
             cfg = compose(list(sys.argv[1:] if argv is None else argv))
-            prepare_run(cfg)
+            prepare_run(cfg, lock=lock, role=f"Slurm job {job_id}" if job_id else "a torchrun job")
             cfg_dict = to_container(cfg)
         except Exception as e:  # reported on every rank, then all exit
             error = f"{type(e).__name__}: {e}"
-    cfg_dict, error = dist.broadcast_object((cfg_dict, error))
+    cfg_dict, error, lock = dist.broadcast_object((cfg_dict, error, lock))
     if error is not None:
         print(f"cxrdist.train: {error}", file=sys.stderr)
         dist.shutdown()
         return 2
-    run_rank(cfg_dict, cfg_dict["run_dir"])
+    run_rank(cfg_dict, cfg_dict["run_dir"], lock=lock)
     return 0
 
 

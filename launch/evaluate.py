@@ -8,7 +8,7 @@ stage's weights are checked before any process or W&B run starts (one line, exit
 import sys
 from pathlib import Path
 
-from cxrdist import cli
+from cxrdist import cli, rundir
 from cxrdist.job import evaluate_run
 from cxrdist.preflight import check_eval_request
 
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = args.splits or DEFAULT_SPLITS  # not argparse's default: append would add to it
     try:
         check_eval_request(args.run_dir, splits, args.stage, args.nproc)
+        rundir.check_lock(args.run_dir)  # a run dir a job is using is refused (one line naming the job)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("evaluate.py", e)
     out = evaluate_run(args.run_dir, splits, stage=args.stage, nproc=args.nproc)

@@ -7,7 +7,7 @@ before the run dir exists.
 
 import sys
 
-from cxrdist import cli
+from cxrdist import cli, rundir
 from cxrdist.config import compose
 from cxrdist.job import check_local_gpus, prepare_run, run_prepared
 
@@ -23,10 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         cli.check_positive(nproc=args.nproc)
         cfg = compose(overrides)
         check_local_gpus(args.nproc)
-        run_dir = prepare_run(cfg, force=args.force)
+        lock = rundir.new_token()  # the run dir is this run's until its ranks end
+        run_dir = prepare_run(cfg, force=args.force, lock=lock, role="a local run")
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("local.py", e)
-    run_prepared(cfg, run_dir, nproc=args.nproc)
+    run_prepared(cfg, run_dir, nproc=args.nproc, lock=lock)
     print(f"run dir: {run_dir}")
     return 0
 

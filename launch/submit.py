@@ -10,7 +10,7 @@ import contextlib
 import sys
 
 from cxrdist import cli
-from cxrdist.launcher import submit, wait_results
+from cxrdist.launcher import failure_summary, submit, wait_results
 from cxrdist.progress import follow
 
 
@@ -31,8 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"W&B:     {out['wandb']}")
     print("follow:  " + "\n         ".join(out["follow"]), flush=True)
     if out["wait"]:
-        with follow(out["run_dir"]) if out["follows"] else contextlib.nullcontext():
-            wait_results(out["job"])  # raises the job's error, if any; survives requeues
+        try:
+            with follow(out["run_dir"]) if out["follows"] else contextlib.nullcontext():
+                wait_results(out["job"])  # survives requeues
+        except Exception as e:  # the job failed: name the rank that failed first, not a peer's hang-up
+            summary = failure_summary(out["run_dir"], e, out["submitted"])
+            print(f"job {out['job_id']} failed: {summary}", file=sys.stderr)
+            return 1
         print(f"job {out['job_id']} finished")
     return 0
 

@@ -43,10 +43,15 @@ def code_version() -> str:
     return f"{__version__}+{sha}"
 
 
-def results_hash(cfg: DictConfig) -> str:
-    """Hash of what determines a stage's results: data, method and seed (not cluster, logger or loader)."""
+def results_hash(cfg: DictConfig, with_root: bool = False) -> str:
+    """Hash of what determines a stage's results: the shards' pinned hash, method and seed.
+
+    Not data.root: a run may move to another copy of the same shards (the pinned writer hash is checked).
+    ``with_root`` gives the hash that DONE.json files written before that change hold.
+    """
     d = to_container(cfg)
-    return config_hash({k: d[k] for k in ("data", "method", "seed")})
+    data = d["data"] if with_root else {k: v for k, v in d["data"].items() if k != "root"}
+    return config_hash({"data": data, "method": d["method"], "seed": d["seed"]})
 
 
 def stage_dirs(run_dir: Path, stages: list[Stage]) -> dict[str, Path]:
@@ -92,12 +97,13 @@ def run_stages(ctx: StageContext, stages: list[Stage]) -> dict[str, dict[str, An
     dirs = stage_dirs(ctx.run_dir, stages)
     ctx.stage_dirs = dirs
     want = results_hash(ctx.cfg)
+    legacy = results_hash(ctx.cfg, with_root=True)
     records = {}
     for stage in stages:
         sdir = dirs[stage.name]
         done = read_done(sdir)
         if done is not None:
-            if done.get("config_hash") != want:
+            if done.get("config_hash") not in (want, legacy):
                 raise RuntimeError(
                     f"{sdir / 'DONE.json'} was written under config {done.get('config_hash')}, this "
                     f"run's is {want}: use a new run dir (or --force to start over)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cxrdist.config import compose, list_options, to_container
+from cxrdist.config import compose, list_options, to_container, validate_config
 from cxrdist.methods import get_method, list_methods
 
 
@@ -16,6 +16,7 @@ def test_registry_equals_config_group():
 def test_every_method_composes_and_validates(name: str):
     cfg = compose([f"method={name}", "data.root=/nowhere"])
     assert cfg.method.name == name
+    validate_config(cfg)
     method = get_method(name)(cfg)
     assert method.stages(), name
     d = to_container(cfg)
@@ -69,3 +70,30 @@ def test_method_option_validated_by_method():
     cfg = compose(["method=dcnn", "+method.model.pooling=max", "data.root=/x"])
     with pytest.raises(ValueError, match="method.model.*pooling"):
         get_method("dcnn")(cfg)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("method.stages.train.epochs=0", "method.stages.train.epochs=0: must be ≥ 1"),
+        ("method.stages.train.global_batch=0", "method.stages.train.global_batch=0: must be ≥ 1"),
+        ("method.stages.train.optim.lr=0", "method.stages.train.optim.lr=0.0: must be > 0"),
+        ("method.stages.train.optim.lr=-0.1", "method.stages.train.optim.lr=-0.1: must be > 0"),
+        ("engine.ckpt_every_steps=0", "engine.ckpt_every_steps=0: must be ≥ 1"),
+        ("loader.eval_batch_per_rank=0", "loader.eval_batch_per_rank=0: must be ≥ 1"),
+    ],
+)
+def test_impossible_values_are_refused_before_anything_is_created(override: str, message: str, shard_root, tmp_path):
+    """An epochs=0 run used to mark training DONE with no model: refused by the launcher and prepare_run."""
+    import re
+
+    from cxrdist.job import prepare_run
+    from cxrdist.launcher import submit
+
+    run = tmp_path / "r"
+    argv = ["--cluster", "local", "--run-dir", str(run), f"data.root={shard_root}", "method=chexnet", override]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        submit(argv)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prepare_run(compose(["method=chexnet", f"data.root={shard_root}", f"run_dir={run}", override]), lock="t")
+    assert not run.exists()

@@ -19,7 +19,7 @@ from cxrdist.engine.pipeline import read_done, run_stages
 from cxrdist.engine.stages import FunctionStage, StageContext, TrainStage
 from cxrdist.engine.trainer import NonFiniteLossError
 from cxrdist.job import prepare_run, run_local
-from cxrdist.log import Tracker
+from cxrdist.log import Tracker, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny import TinyNet, tiny_cfg, tiny_stages, tiny_stages_with_eval  # noqa: E402
@@ -67,6 +67,14 @@ def test_killed_two_rank_run_resumes_bit_identical(shard_root: Path, tmp_path: P
     assert len(segments) == 2 and all(s.name.endswith(wandb_id.strip()) for s in segments)
     hist_ref = read_done(tmp_path / "ref" / "stages" / "00_train")["outputs"]["history"]
     assert read_done(run / "stages" / "00_train")["outputs"]["history"] == hist_ref
+    # metrics.jsonl: rows of both attempts, tagged; read back, each step once, as the uninterrupted run's.
+    rows = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["attempt"] for r in rows} == {1, 2}
+
+    def stable(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in ("time", "attempt", "train/images_per_s")} for r in rows]
+
+    assert stable(read_metrics(run)) == stable(read_metrics(tmp_path / "ref"))
 
 
 def _one_step_weights(shards: Path, run_dir: Path, nproc: int, *extra: str) -> dict:

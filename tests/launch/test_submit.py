@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -106,7 +108,7 @@ def test_slurm_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert not (tmp_path / "r").exists()
 
 
-def test_run_dir_of_other_method_or_config_is_refused(shard_root: Path, tmp_path: Path):
+def test_run_dir_of_other_method_or_config_is_refused(shard_root: Path, tmp_path: Path, caplog):
     run = tmp_path / "r"
     args = ["--cluster", "debug", "--run-dir", str(run), f"data.root={shard_root}", *TINY]
     out = submit([*args, "method=chexnet"])
@@ -122,6 +124,27 @@ def test_run_dir_of_other_method_or_config_is_refused(shard_root: Path, tmp_path
     done = json.loads((run / "stages" / "00_train" / "DONE.json").read_text())
     submit([*args, "method=chexnet"])["job"].results()
     assert json.loads((run / "stages" / "00_train" / "DONE.json").read_text()) == done
+    # Keys that cannot change results may change (logged and saved), data.root included when it holds the same
+    # shards (the pinned writer hash); the finished stages are still skipped.
+    moved = tmp_path / "moved"
+    shutil.copytree(shard_root, moved)
+    free = [a.replace(f"data.root={shard_root}", f"data.root={moved}") for a in args]
+    with caplog.at_level(logging.WARNING, logger="cxrdist.prepare"):
+        submit([*free, "method=chexnet", "loader.workers=1", "engine.log_every_steps=7"])["job"].results()
+    assert "resubmitted with changes that cannot change results" in caplog.text
+    changes = (run / "logs" / "config-changes.log").read_text()
+    assert f"data.root: '{shard_root}' → '{moved}'" in changes and "loader.workers: 0 → 1" in changes
+    assert "engine.log_every_steps: 20 → 7" in changes
+    saved = (run / "config.yaml").read_text()
+    assert f"root: {moved}" in saved and "workers: 1" in saved
+    assert json.loads((run / "stages" / "00_train" / "DONE.json").read_text()) == done
+    # Other shards under data.root (another writer config hash) are refused.
+    other = tmp_path / "other"
+    shutil.copytree(shard_root, other)
+    header = json.loads((other / "_dataset.json").read_text())
+    (other / "_dataset.json").write_text(json.dumps({**header, "config_hash": "0123456789abcdef"}))
+    with pytest.raises(ValueError, match=f"data.root={other} holds other shards than {moved}"):
+        submit([*[a.replace(f"data.root={shard_root}", f"data.root={other}") for a in args], "method=chexnet"])
 
 
 class _FakeRun:
@@ -254,3 +277,70 @@ def test_missing_imagenet_weights_refuse_the_run_before_it_exists(
     from cxrdist.preflight import check_weights
 
     check_weights(get_method("chexnet")(compose(["method=chexnet", "data.root=/d"])))
+
+
+def _corrupt_first_sample_of_rank(shards: Path, rank: int, world: int, batch_per_rank: int) -> str:
+    """Overwrite (same size) the JPEG of the first training sample ``rank`` reads; return its key."""
+    from cxrdist.data.reader import ShardReader
+    from cxrdist.data.sampler import TrainSampler, base_indices
+
+    reader = ShardReader(shards, "train")
+    sampler = TrainSampler(
+        base_indices(len(reader)), world_size=world, rank=rank, batch_per_rank=batch_per_rank, seed=0
+    )
+    index = int(sampler.remaining_batches()[0][0][0])
+    ref = reader.refs[index]
+    with open(reader.tars[ref.shard], "r+b") as f:
+        f.seek(ref.jpg[0])
+        f.write(b"\x00" * ref.jpg[1])
+    return reader.keys[index]
+
+
+def test_first_failing_rank_is_reported_and_the_run_dir_is_held(shard_root: Path, tmp_path: Path):
+    """--cluster local, 2 tasks: rank 1 reads a corrupt JPEG. While the job lives a second submission to its run
+    dir is refused naming it; rank 1's traceback is in rank1.log; rank 0 and the launcher name rank 1's DataError
+    (not the gloo hang-up rank 0 saw); the job's end releases the run dir."""
+    from cxrdist import rundir
+    from cxrdist.launcher import failure_summary, wait_results
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_root, shards)
+    key = _corrupt_first_sample_of_rank(shards, rank=1, world=2, batch_per_rank=4)
+    run = tmp_path / "r"
+    args = ["--cluster", "local", "--tasks-per-node", "2", "--run-dir", str(run), f"data.root={shards}", *TINY]
+    first = submit([*args, "method=chexnet"])
+    with pytest.raises(rundir.RunDirBusy, match=rf"{run} is in use by local job {first['job_id']} \(pid"):
+        submit([*args, "method=chexnet", "loader.workers=1"])
+    with pytest.raises(Exception) as err:
+        wait_results(first["job"])
+    line = failure_summary(run, err.value, first["submitted"])
+    assert line.startswith("rank 1 failed: DataError: ") and f"{key}: undecodable JPEG" in line, line
+    assert f"(traceback: {run}/logs/rank1.log)" in line
+    rank1 = (run / "logs" / "rank1.log").read_text()
+    assert "Traceback (most recent call last)" in rank1 and "DataError" in rank1
+    rank0 = (run / "logs" / "rank0.log").read_text()
+    assert f"rank 1 failed: DataError: {shards}" in rank0 and "rank 0 stopped because of it" in rank0
+    assert "rank 1 failed: DataError" in str(err.value)  # --wait raises rank 0's error, which names rank 1's
+    assert rundir.read_lock(run) is None
+
+
+def test_submit_main_prints_the_first_failure(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path):
+    from cxrdist import rundir
+
+    run = tmp_path / "r"
+    (run / "logs").mkdir(parents=True)
+    (run / "attempts.jsonl").write_text('{"attempt": 1}\n')
+    rundir.record_error(run, 1, 0, RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:1234"))
+    rundir.record_error(run, 1, 1, ValueError("bad sample"))
+    script = {"main": _script("submit").main}
+
+    def failing_wait(job):
+        raise RuntimeError("task 0 failed")
+
+    out = {"job_id": "7", "tasks": 2, "run_dir": str(run), "wandb": "none", "follow": [], "wait": True, "job": None}
+    out |= {"submitted": 0.0, "follows": False}
+    monkeypatch.setitem(script["main"].__globals__, "submit", lambda argv: out)
+    monkeypatch.setitem(script["main"].__globals__, "wait_results", failing_wait)
+    assert script["main"]([]) == 1
+    err = capsys.readouterr().err
+    assert f"job 7 failed: rank 1 failed: ValueError: bad sample (traceback: {run}/logs/rank1.log)" in err

@@ -1,9 +1,11 @@
 """launch/submit.py and launch/shard.py on a real 2-node local Slurm cluster (marked ``slurm``).
 
 chexnet (tiny) trains on 2 ranks over gloo across both slurmd, evaluates and finishes; an identical job is
-requeued mid-epoch with ``scontrol requeue`` and ends with the same weights, the same W&B run id and no
-finished stage rerun; lungheart and diseasemask are requeued between stages and finish every stage with their
-artifacts, without redoing the finished one; the sharding array writes the same shards as the single-process writer.
+requeued mid-epoch with ``scontrol requeue`` and ends with the same weights, the same W&B run id, its metrics
+rows tagged by attempt and no finished stage rerun; one is requeued midway through a checkpoint save while a
+second submission to its run dir is refused, one at an epoch boundary (both bit-identical, same history);
+lungheart and diseasemask are requeued between stages and finish every stage with their artifacts, without
+redoing the finished one; the sharding array writes the same shards as the single-process writer.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "methods"))
 from test_local_cluster import Cluster, cluster  # noqa: E402,F401  (the module-scoped cluster fixture)
 from tiny_methods import diseasemask_overrides, lungheart_overrides  # noqa: E402
 
+from cxrdist.engine.checkpoint import FAULT_ENV  # noqa: E402
 from cxrdist.launcher import submit, submit_sharding, wait_results  # noqa: E402
+from cxrdist.log import read_metrics  # noqa: E402
+from cxrdist.rundir import RunDirBusy, read_lock  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 TINY = [
@@ -63,10 +68,31 @@ def _weights(run: Path) -> dict:
     return torch.load(run / "stages" / "00_train" / "last.pt", weights_only=True)["model"]
 
 
-def test_two_node_training_and_requeue(cluster: Cluster, shard_root: Path, tmp_path: Path):  # noqa: F811
-    ref = submit(_args(shard_root, tmp_path / "ref"))
-    ref["job"].results()
-    ref_dir = tmp_path / "ref"
+@pytest.fixture(scope="module")
+def reference(cluster: Cluster, shard_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """The uninterrupted 2-node run every requeued one is compared with."""
+    ref_dir = tmp_path_factory.mktemp("slurm-ref") / "ref"
+    submit(_args(shard_root, ref_dir))["job"].results()
+    return ref_dir
+
+
+def _wait_for(path: Path, text: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not (path.is_file() and text in path.read_text()):
+        assert time.time() < deadline, f"{text!r} not in {path} after {timeout} s"
+        time.sleep(0.2)
+
+
+def _stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("time", "attempt", "train/images_per_s")} for r in rows]
+
+
+def _history(run: Path) -> list[dict]:
+    return json.loads((run / "stages" / "00_train" / "DONE.json").read_text())["outputs"]["history"]
+
+
+def test_two_node_training_and_requeue(cluster: Cluster, reference: Path, shard_root: Path, tmp_path: Path):  # noqa: F811
+    ref_dir = reference
     assert json.loads((ref_dir / "stages" / "01_eval" / "DONE.json").read_text())["world_size"] == 2
     logs = [(ref_dir / "logs" / f"rank{r}.log").read_text() for r in (0, 1)]
     nodes = {line.split("node ")[1].split()[0] for text in logs for line in text.splitlines() if "joined gloo" in line}
@@ -91,10 +117,75 @@ def test_two_node_training_and_requeue(cluster: Cluster, shard_root: Path, tmp_p
     assert "resumed train from" in rank0 and rank0.count("stage train: start") == 2
     rid = (run / "wandb_id.txt").read_text().strip()
     assert len(list((run / "wandb" / "wandb").glob(f"offline-run-*-{rid}"))) == 2
+    # metrics.jsonl: both attempts' rows, tagged; read back each step once, equal to the uninterrupted run's.
+    attempts = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()]
+    assert [(a["slurm_job_id"], a["slurm_restart_count"]) for a in attempts] == [(out["job_id"], 0), (out["job_id"], 1)]
+    rows = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["attempt"] for r in rows} == {1, 2}
+    assert _stable(read_metrics(run)) == _stable(read_metrics(ref_dir))
+    assert read_lock(run) is None  # released at the job's end
     # Resubmitting the finished run reruns nothing.
     again = submit(_args(shard_root, run))
     again["job"].results()
     assert (run / "logs" / "rank0.log").read_text().count("stage train: start") == 2
+
+
+def test_requeue_inside_a_save_and_a_second_submission(
+    cluster: Cluster,  # noqa: F811
+    reference: Path,
+    shard_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The report's two cases. Rank 0 pauses midway through deleting the replaced copy of the epoch-end step's
+    checkpoint: meanwhile a second submission to the run dir (at another task count) is refused naming the job;
+    then ``scontrol requeue`` kills the job there, and the requeued attempt of the same job takes the run dir
+    again, recovers the checkpoints and ends bit-identical to the uninterrupted run."""
+    run = tmp_path / "fault"
+    monkeypatch.setenv(FAULT_ENV, "pause:drop_old")  # exported by sbatch; a requeued attempt ignores it
+    out = submit(_args(shard_root, run))
+    monkeypatch.delenv(FAULT_ENV)
+    _wait_for(run / "logs" / "rank0.log", "test fault: paused at drop_old")
+    assert (run / "stages" / "00_train" / "ckpt" / ".step-00000003.old").is_dir()
+    one_task = [a if a != "2" else "1" for a in _args(shard_root, run)]  # --nodes 1
+    with pytest.raises(RunDirBusy, match=rf"{run} is in use by Slurm job {out['job_id']} \(pid"):
+        submit(one_task)
+    subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster.env, timeout=30)
+    wait_results(out["job"])
+    assert torch.equal(
+        torch.cat([v.flatten().float() for v in _weights(reference).values()]),
+        torch.cat([v.flatten().float() for v in _weights(run).values()]),
+    )
+    assert _history(run) == _history(reference)
+    rank0 = (run / "logs" / "rank0.log").read_text()
+    assert "SIGTERM: Slurm is ending this attempt" in rank0 and "removed .step-00000003.old" in rank0
+    assert _stable(read_metrics(run)) == _stable(read_metrics(reference))
+    assert read_lock(run) is None
+
+
+def test_requeue_at_the_epoch_boundary(
+    cluster: Cluster,  # noqa: F811
+    reference: Path,
+    shard_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Requeued after epoch 0's last-step checkpoint, before its validation (DenseNet: BatchNorm on 2 nodes):
+    history (train loss, validation) and weights equal the uninterrupted run's."""
+    run = tmp_path / "boundary"
+    monkeypatch.setenv(FAULT_ENV, "pause:epoch_end")
+    out = submit(_args(shard_root, run))
+    monkeypatch.delenv(FAULT_ENV)
+    _wait_for(run / "logs" / "rank0.log", "test fault: paused at epoch_end")
+    subprocess.run(["scontrol", "requeue", out["job_id"]], check=True, env=cluster.env, timeout=30)
+    wait_results(out["job"])
+    assert _history(run) == _history(reference)
+    assert torch.equal(
+        torch.cat([v.flatten().float() for v in _weights(reference).values()]),
+        torch.cat([v.flatten().float() for v in _weights(run).values()]),
+    )
+    for r in (0, 1):
+        assert "SIGTERM: Slurm is ending this attempt" in (run / "logs" / f"rank{r}.log").read_text()
 
 
 @pytest.mark.parametrize("method", ["lungheart", "diseasemask"])
