@@ -277,7 +277,10 @@ def _switch(ckpt_root: Path, step: int, keep_last: int) -> None:
 
 
 def recover_checkpoints(ckpt_root: Path) -> list[str]:
-    """Rank 0, before resuming: finish or undo interrupted saves (see the module docstring); return what it did."""
+    """Rank 0, before resuming: finish or undo interrupted saves (see the module docstring); return what it did.
+
+    Leftovers that cannot be deleted (e.g. files an NFS client still holds) are warned about and stay hidden.
+    """
     if not ckpt_root.is_dir():
         return []
     done: list[str] = []
@@ -287,7 +290,7 @@ def recover_checkpoints(ckpt_root: Path) -> list[str]:
         final, tmp, old = _paths(ckpt_root, step)
         dead = ckpt_root / f".{final.name}.del"
         if dead.exists():
-            shutil.rmtree(dead)
+            _remove_tree(dead)
             done.append(f"removed {dead.name} (a pruning that was interrupted)")
         if tmp.exists() and is_complete(tmp):  # interrupted after its marker: only the switch was left
             if final.exists():
@@ -297,7 +300,7 @@ def recover_checkpoints(ckpt_root: Path) -> list[str]:
             os.rename(tmp, final)
             done.append(f"switched in {tmp.name} (complete; its save was interrupted before the switch)")
         elif tmp.exists():
-            shutil.rmtree(tmp)
+            _remove_tree(tmp)
             done.append(f"removed {tmp.name} (incomplete: its save was interrupted)")
         if old.exists():
             if not is_complete(final) and is_complete(old):
@@ -306,10 +309,10 @@ def recover_checkpoints(ckpt_root: Path) -> list[str]:
                 os.rename(old, final)
                 done.append(f"restored {final.name} from {old.name}")
             else:
-                shutil.rmtree(old)
+                _remove_tree(old)
                 done.append(f"removed {old.name} (replaced by {final.name})")
-        if final.exists() and not is_complete(final):
-            shutil.rmtree(final)
+        if final.exists() and not is_complete(final):  # (if it cannot go, it is not listed either)
+            _remove_tree(final)
             done.append(f"removed {final.name} (incomplete: no {MARKER} or files missing)")
     for line in done:
         logger.warning("%s: %s", ckpt_root, line)

@@ -199,3 +199,18 @@ def test_fault_spec_is_checked(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(FAULT_ENV, "kill:tmp")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     ckpt_mod.fault_point("tmp")  # a requeued attempt is never stopped again
+
+
+def test_leftover_that_cannot_be_deleted_only_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog):
+    """E.g. NFS keeps a file a dead client held open: the leftover stays hidden, the resume goes on."""
+    root = tmp_path / "ckpt"
+    _fake_checkpoint(root / "step-00000003")
+    _fake_checkpoint(root / ".step-00000003.old")
+
+    def busy(path, *args, **kwargs):
+        raise OSError(16, "Device or resource busy")
+
+    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", busy)
+    recover_checkpoints(root)
+    assert "could not delete" in caplog.text and ".step-00000003.old" in caplog.text
+    assert latest_checkpoint(root) == root / "step-00000003"
