@@ -5,7 +5,9 @@ strategy's autocast, loss, the per-micro-step ``_sync`` all-reduce, ``strategy.b
 logging) built from a composed chexnet config with ``engine=ddp|deepspeed`` and ``build_strategy``; only the
 loader is replaced by an in-memory one. The bare loop is plain PyTorch (forward, BCE, backward, Adam step,
 zero_grad) on the same model (same seed), batch and in-memory tensors; at ``--world 2`` it is bare DDP
-(``torch.multiprocessing`` spawn + gloo), and rank 0's times are reported. fp32 on the CPU.
+(``torch.multiprocessing`` spawn + gloo) with the engine's synchronised BatchNorm (``engine.sync_bn``, default on),
+and rank 0's times are reported. fp32 on the CPU. ``ddp-local-bn`` is the engine with ``engine.sync_bn=false``
+(BatchNorm over each rank's batch only): at ``--world 2`` its ratio to ``ddp`` is what synchronising costs.
 Every variant is built and warmed up first (DeepSpeed's one-off comm-op JIT build happens there), then the
 variants are timed interleaved ``--repeat`` times; medians (the ratio: median of per-round ratios).
 Wall time is the goal's measure; this process's CPU time per step is printed too (steadier on a shared machine).
@@ -41,11 +43,13 @@ from cxrdist.config import compose  # noqa: E402
 from cxrdist.engine.losses import bce  # noqa: E402
 from cxrdist.engine.optim import build_optimizer  # noqa: E402
 from cxrdist.engine.stages import StageContext, TrainStage  # noqa: E402
+from cxrdist.engine.syncbn import convert_sync_batchnorm  # noqa: E402
 from cxrdist.engine.trainer import Trainer  # noqa: E402
 from cxrdist.log import Tracker  # noqa: E402
 
 GOAL = 1.05
-VARIANTS = ("bare", "ddp", "deepspeed-z0", "deepspeed-z1", "deepspeed-z2")
+# ddp-local-bn: the engine with engine.sync_bn=false (BatchNorm per rank): what synchronised BatchNorm costs on CPU
+VARIANTS = ("bare", "ddp", "ddp-local-bn", "deepspeed-z0", "deepspeed-z1", "deepspeed-z2")
 
 
 def build_model(name: str) -> nn.Module:
@@ -88,30 +92,32 @@ class MemContext(StageContext):
 def make_batches(n: int, batch: int, size: int, rank: int) -> list[dict[str, torch.Tensor]]:
     """``n`` fixed batches of random images and labels (different per rank)."""
     g = torch.Generator().manual_seed(1000 + rank)
-    return [
-        {
-            "image": torch.randn(batch, 3, size, size, generator=g),
-            "labels": (torch.rand(batch, 14, generator=g) < 0.1).float(),
-            "index": torch.arange(batch),
-        }
-        for _ in range(n)
-    ]
+    out = []
+    for _ in range(n):
+        labels = (torch.rand(batch, 14, generator=g) < 0.1).float()
+        pos = float(labels.sum())  # the loaders' (P, N) of the optimizer step; here of the micro-batch (bce ignores it)
+        counts = torch.tensor([pos, labels.numel() - pos], dtype=torch.float64)
+        out.append({"image": torch.randn(batch, 3, size, size, generator=g), "labels": labels,
+                    "index": torch.arange(batch), "step_label_counts": counts})  # fmt: skip
+    return out
 
 
 def build_variant(name: str, args: argparse.Namespace, env: dist.DistEnv, batches: list, work: Path):
     """A callable running ``steps`` optimizer steps of one variant."""
-    strategy, zero = ("ddp", 0) if name in ("bare", "ddp") else ("deepspeed", int(name[-1]))
+    strategy, zero = ("ddp", 0) if name in ("bare", "ddp", "ddp-local-bn") else ("deepspeed", int(name[-1]))
     cfg = compose([
         "method=chexnet", f"data.root={work}", f"run_dir={work}", "logger=none", f"engine={strategy}",
         f"engine.zero_stage={zero}", f"method.stages.train.global_batch={args.batch * env.world_size}",
         f"engine.max_batch_per_rank={args.batch}", "engine.progress=false", "engine.ckpt_every_steps=1000000000",
-        "engine.ckpt_every_minutes=1e9", "engine.precision=fp32",
+        "engine.ckpt_every_minutes=1e9", "engine.precision=fp32", f"engine.sync_bn={name != 'ddp-local-bn'}",
     ])  # fmt: skip
     if name == "bare":
         torch.manual_seed(cfg.seed)  # the trainer seeds the same way before building the model
         model = build_model(args.model)
         opt = build_optimizer(model.parameters(), cfg.method.stages.train.optim)
         if env.world_size > 1:
+            if cfg.engine.sync_bn:  # the same BatchNorm the engine runs (engine.sync_bn): equal work on both sides
+                model = convert_sync_batchnorm(model, env.device)[0]
             model = nn.parallel.DistributedDataParallel(model)
         model.train()
 

@@ -51,6 +51,10 @@ class EngineConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
     max_batch_per_rank: int = 64  # memory cap per rank; gradient accumulation makes up the global batch
     grad_clip: float | None = None
+    # BatchNorm over every rank's micro-batch (SyncBatchNorm on CUDA, an all-reduce BatchNorm on CPU/gloo) when more
+    # than one rank trains: the papers normalised over their whole batch on one GPU. Accumulation is not covered: a
+    # BatchNorm sees ranks × micro-batch images (recorded in DONE.json, warned when below the recipe's batch).
+    sync_bn: bool = True
     ckpt_every_steps: int = 500
     ckpt_every_minutes: float = 15.0
     keep_last: int = 2

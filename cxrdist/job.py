@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrdist import rundir
-from cxrdist.prepare import prepare_run
+from cxrdist.prepare import prepare_run, warn_source_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,8 @@ def run_rank(
     from cxrdist.engine.pipeline import run_stages
 
     with rank_session(cfg_dict, run_dir, tracker_config=cfg_dict, lock=lock) as ctx:
+        if ctx.env.is_main:
+            warn_source_pixels(ctx.cfg)  # again, into the run log
         records = run_stages(ctx, (stages_fn or method_stages)(ctx.cfg))
     return {"rank": ctx.env.rank, "stages": list(records), "wandb_id": ctx.tracker.run_id}
 

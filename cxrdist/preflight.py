@@ -46,9 +46,10 @@ def check_weights(method: Any) -> None:
     """The ImageNet weights of every backbone the method's config loads are cached (downloaded now if not)."""
     from cxrdist.models.backbones import ensure_imagenet_weights
 
+    version = getattr(method.model_cfg, "imagenet_weights", "v1")
     for name in method.imagenet_backbones():
         try:
-            ensure_imagenet_weights(name)
+            ensure_imagenet_weights(name, version)
         except RuntimeError as e:
             raise UsageError(f"method {method.name}, model.pretrained=true: {e}") from None
 

@@ -12,7 +12,10 @@ import shutil
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from cxrdist import rundir
+from cxrdist.data.shard_fit import source_pixel_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ def prepare_run(cfg, force: bool = False, lock: str | None = None, role: str = "
     shards = Path(cfg.data.root)
     if cfg.data.expected_config_hash is None:
         cfg.data.expected_config_hash = read_json(shards / "_dataset.json")["config_hash"]
+    warn_source_pixels(cfg)
     run_dir = Path(cfg.run_dir)
     existed = run_dir.is_dir()
     if lock is None:
@@ -111,3 +115,12 @@ def prepare_run(cfg, force: bool = False, lock: str | None = None, role: str = "
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return run_dir
+
+
+def warn_source_pixels(cfg) -> list[str]:
+    """Warn (and return) where a stage's first resize needs source pixels the shards lack (data/shard_fit.py)."""
+    recipes = {name: OmegaConf.to_container(r.transforms) for name, r in cfg.method.stages.items()}
+    warnings = source_pixel_warnings(cfg.data.root, recipes)
+    for w in warnings:
+        logger.warning("%s", w)
+    return warnings

@@ -2,6 +2,9 @@
 
 A loader yields dicts: ``image`` (B, C, H, W) float on the loader's device, normalised for the backbone;
 ``labels`` (B, 14) float; ``index`` (B,) int64 global index in the split; plus one entry per joined sidecar.
+Training batches also carry ``step_label_counts`` (2,) float64: the number of 1s (P) and 0s (N) in the label matrix
+of the whole optimizer step the batch belongs to (every rank's micro-batches of it), from the labels the reader
+loads on open, so a batch-weighted loss sees the global batch's counts at any world size and accumulation.
 Training loaders follow :class:`~cxrdist.data.sampler.TrainSampler` (exactly resumable through
 ``state_dict``); evaluation loaders yield every sample of the split exactly once across ranks.
 """
@@ -161,9 +164,17 @@ class BaseLoader(ABC):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch, plan = self._plan()
         for (indices, positions), images in zip(plan, self._image_batches(epoch, plan)):
+            batch = self._join(images, indices, positions, epoch)
             if self.sampler is not None:
                 self.sampler.advance()  # counted when handed out: a checkpoint after this step includes it
-            yield self._join(images, indices, positions, epoch)
+                batch["step_label_counts"] = self._step_label_counts(epoch, int(positions[0]))
+            yield batch
+
+    def _step_label_counts(self, epoch: int, position: int) -> torch.Tensor:
+        """(P, N) over the label matrix of the optimizer step that holds ``position`` (see the module docstring)."""
+        labels = self.reader.labels[self.sampler.step_indices(epoch, position)]
+        pos = float(labels.sum())
+        return torch.tensor([pos, labels.size - pos], dtype=torch.float64).to(self.device)
 
     def iterate_indices(self, batches: list[np.ndarray]) -> Iterator[dict[str, Any]]:
         """Evaluation batches of the given global indices, in order (e.g. only the rows a resumable writer lacks).

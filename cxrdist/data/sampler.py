@@ -8,6 +8,11 @@ is the global batch (W*m*A, A = gradient-accumulation steps), so every rank take
 sample is used at most once, and an epoch ends on an optimizer step; the ``len(perm) mod G`` samples at the
 end of the permutation (different ones each epoch) are dropped and counted.
 
+Optimizer steps. Optimizer step j covers loader steps ``j*A .. j*A + A - 1`` of every rank, i.e. exactly
+``perm[j*G : (j+1)*G]`` whatever W and A are (:meth:`TrainSampler.step_indices`): a loss that depends on the whole
+batch (the batch-weighted BCE's P and N) can be computed over the optimizer step's samples on every rank and
+micro-batch without any communication.
+
 Resume. The state is (seed, epoch, samples consumed). Because an optimizer step always consumes the same G
 permuted samples whatever W is, a job resumed with a different world size (same global batch) continues with
 exactly the samples not yet seen, in the same global-batch groups; a position that is not a multiple of the
@@ -83,9 +88,18 @@ class TrainSampler:
         return len(self.base) - self.steps_per_epoch * self.world_size * self.m
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """The epoch's order of the base list (a pure function of seed and epoch)."""
-        rng = np.random.default_rng([self.state.seed, epoch])
-        return self.base[rng.permutation(len(self.base))]
+        """The epoch's order of the base list (a pure function of seed and epoch; the last one is cached)."""
+        key = (self.state.seed, epoch)
+        if getattr(self, "_perm_key", None) != key:
+            rng = np.random.default_rng([self.state.seed, epoch])
+            self._perm, self._perm_key = self.base[rng.permutation(len(self.base))], key
+        return self._perm
+
+    def step_indices(self, epoch: int, position: int) -> np.ndarray:
+        """Every sample of the optimizer step that the sample at ``position`` of the epoch belongs to (all ranks,
+        all accumulation micro-batches: ``global_batch`` indices)."""
+        start = position // self.global_batch * self.global_batch
+        return self.permutation(epoch)[start : start + self.global_batch]
 
     def remaining_batches(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """This rank's remaining (indices, positions) batches of the current epoch, from the current position."""

@@ -4,6 +4,9 @@ Precision ``auto`` is bf16 autocast on CUDA and fp32 on the CPU (DeepSpeed refus
 is ~8× slower on CPUs without bf16 units). Gradient accumulation: the loss of each micro-batch is divided by
 the accumulation steps and the optimizer steps on the last one; DDP skips the gradient all-reduce on the
 others (``no_sync``); DeepSpeed does the same through its own ``gradient_accumulation_steps``.
+
+BatchNorm: with ``sync_bn`` and more than one rank, both strategies synchronise every BatchNorm across ranks before
+wrapping (:mod:`cxrdist.engine.syncbn`); :meth:`Strategy.batchnorm_record` says over how many images it normalises.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch import nn
 
 from cxrdist.dist import DistEnv
+from cxrdist.engine.syncbn import batchnorm_images, convert_sync_batchnorm, count_batchnorms
 
 logger = logging.getLogger(__name__)
 STRATEGIES = ("ddp", "deepspeed")
@@ -48,8 +52,10 @@ class Strategy(ABC):
         precision: str = "auto",
         grad_clip: float | None = None,
         zero_stage: int = 0,
+        sync_bn: bool = False,
     ):
         self.env, self.accum, self.micro_batch = env, accum, micro_batch
+        self.sync_bn, self.batchnorms, self.synced_bn = sync_bn, 0, False
         self.device = env.device
         self.dtype = resolve_precision(precision, self.device)
         self.grad_clip, self.zero_stage = grad_clip, zero_stage
@@ -67,6 +73,19 @@ class Strategy(ABC):
     def at_boundary(self) -> bool:
         """True when the next backward is the last micro-batch before an optimizer step."""
         return (self._micro + 1) % self.accum == 0
+
+    def _sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        """Synchronise the model's BatchNorms across ranks when ``sync_bn`` and there is more than one rank."""
+        self.batchnorms = count_batchnorms(model)
+        self.synced_bn = self.sync_bn and self.env.world_size > 1 and self.batchnorms > 0
+        return convert_sync_batchnorm(model, self.device)[0] if self.synced_bn else model
+
+    def batchnorm_record(self, global_batch: int) -> dict[str, Any]:
+        """For DONE.json and the run log: BatchNorm layers, whether synced, images each one normalises over."""
+        if not self.batchnorms:
+            return {"layers": 0}
+        images = batchnorm_images(self.micro_batch, self.env.world_size, self.synced_bn)
+        return {"layers": self.batchnorms, "synced": self.synced_bn, "images": images, "global_batch": global_batch}
 
     @abstractmethod
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -93,7 +112,7 @@ class DDPStrategy(Strategy):
     """torch DistributedDataParallel (or the bare module for one process)."""
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        model.to(self.device)
+        model = self._sync_batchnorm(model.to(self.device))
         if self.env.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -160,6 +179,7 @@ class DeepSpeedStrategy(Strategy):
             "wall_clock_breakdown": False,
         }
         _ensure_process_group(self.env)
+        model = self._sync_batchnorm(model)
         engine, opt, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=config, dist_init_required=False
         )
@@ -189,6 +209,25 @@ class DeepSpeedStrategy(Strategy):
         )
         if path is None:
             raise FileNotFoundError(f"{ckpt_dir / 'deepspeed'}: no DeepSpeed checkpoint")
+
+
+def log_batchnorm(name: str, record: dict[str, Any], world: int, micro: int, accum: int) -> None:
+    """The run log's line on BatchNorm (a warning when it normalises over fewer images than the recipe's batch)."""
+    if not record["layers"]:
+        return
+    if world == 1:
+        how = f"{micro} per micro-batch, one rank"
+    else:
+        how = f"{world} ranks × {micro} (synchronised)" if record["synced"] else f"{micro} per rank (not synchronised)"
+    msg = "%s: each BatchNorm normalises over %d images (%s); the recipe's batch is %d"
+    if record["images"] >= record["global_batch"]:
+        logger.info(msg, name, record["images"], how, record["global_batch"])
+        return
+    why = f"gradient accumulation ({accum} micro-batches per step)" if accum > 1 else "engine.sync_bn=false"
+    if accum > 1 and not record["synced"] and world > 1:
+        why += " and engine.sync_bn=false"
+    logger.warning(msg + ": fewer, because of %s; raise engine.max_batch_per_rank or use more ranks to match the "
+                   "paper's BatchNorm batch", name, record["images"], how, record["global_batch"], why)  # fmt: skip
 
 
 def _ensure_process_group(env: DistEnv) -> None:

@@ -30,7 +30,7 @@ from cxrdist.engine.checkpoint import (
 )
 from cxrdist.engine.losses import build_loss
 from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
-from cxrdist.engine.strategy import Strategy, build_strategy
+from cxrdist.engine.strategy import Strategy, build_strategy, log_batchnorm
 from cxrdist.eval.classification import auroc_per_class
 from cxrdist.eval.predict import gather_to_main, run_inference
 
@@ -84,8 +84,10 @@ class Trainer:
             precision=cfg.engine.precision,
             grad_clip=cfg.engine.grad_clip,
             zero_stage=cfg.engine.zero_stage,
+            sync_bn=cfg.engine.sync_bn,
         )
         self.strategy.wrap(model, self.optimizer)
+        self.batchnorm = self.strategy.batchnorm_record(self.recipe.global_batch)
         self.loss_fn = build_loss(self.recipe.loss, dict(self.recipe.loss_args))
         self.train_loader = ctx.build_loader(stage, train=True, micro=self.micro, accum=self.accum)
         self.val_loader = ctx.build_loader(stage, train=False, split="val")
@@ -102,6 +104,7 @@ class Trainer:
                 self.accum,
                 len(self.train_loader) // self.accum,
             )
+            log_batchnorm(stage.name, self.batchnorm, env.world_size, self.micro, self.accum)
 
     # --- checkpoints -----------------------------------------------------------------------------------------
 
@@ -173,6 +176,7 @@ class Trainer:
             "micro_batch": self.micro,
             "accum": self.accum,
             "world_size": self.ctx.env.world_size,
+            "batchnorm": self.batchnorm,
         }
 
     def _sync(self, loss: torch.Tensor) -> tuple[bool, bool, float]:
@@ -207,7 +211,7 @@ class Trainer:
         for batch in self.train_loader:
             with self.strategy.autocast():
                 logits = self.stage.forward(model, batch)
-            loss = self.loss_fn(logits, batch["labels"])
+            loss = self.loss_fn(logits, batch["labels"], batch["step_label_counts"])  # P, N of the global batch
             bad, due, loss_sum = self._sync(loss.detach())
             if bad:
                 raise NonFiniteLossError(

@@ -24,7 +24,7 @@ from cxrdist.engine.checkpoint import load_model_weights
 from cxrdist.eval.boxes import boxes_from_heatmap, heatmap_to_image, scale_xywh
 from cxrdist.eval.classification import auroc_per_class
 from cxrdist.eval.figures import plot_heatmap_overlay, plot_roc
-from cxrdist.eval.localization import evaluate_localization
+from cxrdist.eval.localization import ORACLE, evaluate_localization
 from cxrdist.eval.predict import gather_to_main, run_inference
 from cxrdist.eval.tables import auroc_table_md, localization_table_md
 from cxrdist.labels import BOX_CLASSES, LABELS
@@ -169,11 +169,10 @@ def evaluate_split(
         metrics["localization"], overlays = _localize(placed["maps"], loader, ecfg, out)
         images |= overlays
     _write_json(out / "metrics.json", metrics)
-    ctx.tracker.log(
-        {f"{split}/auroc_mean": auroc["mean"]} | {f"{split}/auroc/{k}": v for k, v in auroc["per_class"].items()},
-        step=0,
-        prefix="eval",
-    )
+    headline = {f"{split}/auroc_mean": auroc["mean"]} | {f"{split}/auroc/{k}": v for k, v in auroc["per_class"].items()}
+    if "localization" in metrics:  # fixed thresholds only: the oracle variant is never a headline
+        headline |= {f"{split}/{k}": v for k, v in fixed_threshold_summary(metrics["localization"]).items()}
+    ctx.tracker.log(headline, step=0, prefix="eval")
     ctx.tracker.log_images(images, step=0, prefix="eval")
     ctx.tracker.log_table(
         f"{split}/auroc",
@@ -182,6 +181,19 @@ def evaluate_split(
     )
     logger.info("%s: mean AUROC %s over %d samples → %s", split, auroc["mean"], len(labels), out)
     return metrics
+
+
+def fixed_threshold_summary(loc: dict[str, Any]) -> dict[str, float | None]:
+    """The headline localization figures of a DONE.json / W&B summary: one per fixed binarisation threshold.
+
+    kim2021 accuracy at T(IoU) 0.3 (mean over classes, kim's Mean) and fang2021's best-box IoU (mean over boxes, as
+    fang's 0.3014). The oracle variant (threshold chosen per box with the ground truth) is never a headline.
+    """
+    out: dict[str, float | None] = {}
+    for thr in (t for t in loc["kim"] if t != ORACLE):
+        out[f"kim_iou0.3_mean_T{thr}"] = loc["kim"][thr]["0.3"]["mean_over_classes"]
+        out[f"fang_iou_boxes_T{thr}"] = loc["fang"][thr]["mean_over_boxes"]
+    return out
 
 
 def evaluate_model(ctx: StageContext, stage: EvalStage, out_root: Path | None = None) -> dict[str, Any]:
@@ -199,6 +211,5 @@ def evaluate_model(ctx: StageContext, stage: EvalStage, out_root: Path | None = 
         if m is not None:
             summary[split] = {"auroc_mean": m["auroc"]["mean"], "dir": str(out_root / split)}
             if "localization" in m:
-                kim = m["localization"]["kim"]
-                summary[split]["kim_iou0.3_mean"] = kim.get("best", {}).get("0.3", {}).get("mean_over_classes")
+                summary[split] |= fixed_threshold_summary(m["localization"])
     return dist.broadcast_object(summary)

@@ -99,7 +99,7 @@ def auroc_table_md(
     return "\n".join(lines) + "\n"
 
 
-_VARIANT_LABEL = {"best": "best of all thresholds"}
+_VARIANT_LABEL = {"oracle": "ORACLE: per GT box the best of all thresholds (upper bound, no paper could pick it)"}
 
 
 def _variant(key: str) -> str:

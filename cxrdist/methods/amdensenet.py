@@ -35,6 +35,9 @@ class AMDenseNet(Method):
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # "initialized with DenseNet-121 pre-trained on the ImageNet dataset"
+        imagenet_weights: str = (
+            "v1"  # v1: IMAGENET1K_V1, the original weights the papers used | v2: torchvision DEFAULT
+        )
         cbam_placement: str = "before_transition"  # before_transition | after_transition (docs/methods.md#amdensenet)
         reduction: int = 16  # CBAM channel-MLP r: not in zhao2021, the CBAM default
 
@@ -55,6 +58,7 @@ class AMDenseNet(Method):
         return build_model(
             "amdensenet",
             pretrained=m.pretrained,
+            imagenet_weights=m.imagenet_weights,
             in_chans=self.in_chans(stage),
             cbam_placement=m.cbam_placement,
             reduction=m.reduction,

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cxrdist.engine.stages import EvalStage, Stage, StageContext, TrainStage
+from cxrdist.models.backbones import IMAGENET_WEIGHTS
 
 _METHODS: dict[str, type[Method]] = {}
 
@@ -62,6 +63,12 @@ class Method(ABC):
         self.cfg = cfg
         self.model_cfg = self._validate(self.ModelConfig, cfg.method.model, "method.model")
         self.options = self._validate(self.Options, cfg.method.options, "method.options")
+        weights = getattr(self.model_cfg, "imagenet_weights", IMAGENET_WEIGHTS[0])
+        if weights not in IMAGENET_WEIGHTS:
+            raise ValueError(
+                f"method.model.imagenet_weights={weights!r}: choose v1 (IMAGENET1K_V1, the original weights the "
+                "papers used) or v2 (torchvision's DEFAULT: IMAGENET1K_V2 for ResNet-50/101)"
+            )
 
     @staticmethod
     def _validate(schema: type, node: Any, where: str) -> Any:

@@ -21,10 +21,16 @@ class CheXNet(Method):
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # ImageNet DenseNet-121
+        imagenet_weights: str = (
+            "v1"  # v1: IMAGENET1K_V1, the original weights the papers used | v2: torchvision DEFAULT
+        )
 
     def build_model(self, stage: str):
         """The network of ``stage``."""
-        return build_model("chexnet", pretrained=self.model_cfg.pretrained, in_chans=self.in_chans(stage))
+        m = self.model_cfg
+        return build_model(
+            "chexnet", pretrained=m.pretrained, in_chans=self.in_chans(stage), imagenet_weights=m.imagenet_weights
+        )
 
     def stages(self) -> list[Stage]:
         return self.train_and_eval("train", build_context_free(self, "train"))

@@ -35,6 +35,9 @@ class CRAL(Method):
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # ImageNet backbone: not in guan2020 (choice)
+        imagenet_weights: str = (
+            "v1"  # v1: IMAGENET1K_V1, the original weights the papers used | v2: torchvision DEFAULT
+        )
         backbone: str = "densenet121"  # resnet50 | densenet121
         attention: str = "att1"  # att1 | att2
         category_wise: bool = True  # false: Table 2 "w/o category"
@@ -65,6 +68,7 @@ class CRAL(Method):
         return build_model(
             "cral",
             pretrained=m.pretrained,
+            imagenet_weights=m.imagenet_weights,
             in_chans=self.in_chans(stage),
             backbone=m.backbone,
             attention=m.attention,

@@ -21,6 +21,9 @@ class DCNN(Method):
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # ImageNet ResNet-50
+        imagenet_weights: str = (
+            "v1"  # v1: IMAGENET1K_V1, the original weights the papers used | v2: torchvision DEFAULT
+        )
         pool: str = "lse"  # avg | max | lse (Wang et al. §4)
         lse_r: float = 10.0
         transition_norm: bool = False  # BatchNorm after the transition conv (choice; needed from scratch, see model)
@@ -29,7 +32,8 @@ class DCNN(Method):
         """The network of ``stage``."""
         m = self.model_cfg
         return build_model(
-            "dcnn", pretrained=m.pretrained, in_chans=self.in_chans(stage), pool=m.pool, lse_r=m.lse_r,
+            "dcnn", pretrained=m.pretrained,
+            imagenet_weights=m.imagenet_weights, in_chans=self.in_chans(stage), pool=m.pool, lse_r=m.lse_r,
             transition_norm=m.transition_norm,
         )  # fmt: skip
 

@@ -43,12 +43,15 @@ class DiseaseMask(Method):
 
     @dataclass
     class ModelConfig:
-        pretrained: bool = True  # ImageNet ResNet-50 / ResNet-18 (NOT IN PAPER: a choice)
+        pretrained: bool = True  # ImageNet ResNet-50 / ResNet-18 (NOT IN PAPER; a choice)
+        imagenet_weights: str = (
+            "v1"  # v1: IMAGENET1K_V1, the original weights the papers used | v2: torchvision DEFAULT
+        )
 
     @dataclass
     class Options:
         anchor_images: int = 2000  # "the average of 2,000 normal random samples" (§3.2)
-        euclidean: str = "mean"  # Eq. 8 reduction over pixels: sum (as printed) | mean (choice; see the YAML)
+        euclidean: str = "sum"  # Eq. 8 reduction over pixels: sum (as printed, default) | mean (see the YAML)
         perceptual_weight: float = 1.0  # L_total = L_e + L_p (Eq. 9): equal weights
         align_grad_clip: float | None = 1.0  # max grad norm of the alignment net (choice; see the YAML)
         smooth_grid: int = 32  # G(·) output side: kernel 16, stride 16 at P = 512 (§3.2) → 32 cells; kernel = P / 32
@@ -91,6 +94,7 @@ class DiseaseMask(Method):
             pretrained=self.model_cfg.pretrained,
             in_chans=self.in_chans(stage),
             mask_size=size // RESNET_STRIDE,
+            imagenet_weights=self.model_cfg.imagenet_weights,
         )
 
     def affine_extras(self, ctx: StageContext) -> dict[str, Any]:

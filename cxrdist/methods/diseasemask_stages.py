@@ -30,7 +30,7 @@ from cxrdist.engine.checkpoint import latest_checkpoint, load_checkpoint, load_m
 from cxrdist.engine.optim import build_optimizer, derive_batch
 from cxrdist.engine.sidecar_writer import fill_sidecar, inference_autocast, sidecar_splits
 from cxrdist.engine.stages import StageContext
-from cxrdist.engine.strategy import build_strategy
+from cxrdist.engine.strategy import build_strategy, log_batchnorm
 from cxrdist.labels import BOX_CLASSES
 from cxrdist.models import build_model
 from cxrdist.models.alignment import smooth, warp
@@ -66,7 +66,7 @@ class AlignmentLoss:
     features: Callable[[Tensor], list[Tensor]]  # conv2_x .. conv5_x of the perceptual network
     fill: Tensor  # what the warp brings in from outside the image (black)
     kernel: int = 16
-    euclidean: str = "mean"
+    euclidean: str = "sum"
     weight: float = 1.0
 
     def __post_init__(self) -> None:
@@ -113,15 +113,22 @@ def _save(ckpt_root: Path, step: int, strategy, loader, history: list, keep: int
     save_checkpoint(ckpt_root, step, strategy, {"loader": loader.state_dict(), "history": history}, keep)
 
 
-def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) -> tuple[torch.nn.Module, list]:
-    """Train the alignment net (resuming from ``ckpt/``); return it (unwrapped, eval mode) and the epoch history."""
+def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) -> tuple[torch.nn.Module, list, dict]:
+    """Train the alignment net (resuming from ``ckpt/``); return it (unwrapped, eval mode), the epoch history and
+    the BatchNorm record."""
     cfg, env, opts, recipe = ctx.cfg, ctx.env, method.options, method.recipe("align")
     micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
     torch.manual_seed(cfg.seed)
-    net = build_model("alignment", pretrained=method.model_cfg.pretrained, in_chans=recipe.transforms.channels)
+    m = method.model_cfg
+    net = build_model(
+        "alignment", pretrained=m.pretrained, in_chans=recipe.transforms.channels, imagenet_weights=m.imagenet_weights
+    )
     eng, clip = cfg.engine, opts.align_grad_clip  # its own clip: SGD at the paper's lr diverges without one
-    strategy = build_strategy("ddp", env, accum=accum, micro_batch=micro, precision=eng.precision, grad_clip=clip)
+    strategy = build_strategy(
+        "ddp", env, accum=accum, micro_batch=micro, precision=eng.precision, grad_clip=clip, sync_bn=eng.sync_bn
+    )
     strategy.wrap(net, build_optimizer(net.parameters(), recipe.optim))
+    log_batchnorm("align", strategy.batchnorm_record(recipe.global_batch), env.world_size, micro, accum)
     spec = ctx.loader_spec(
         split="train",
         train=True,
@@ -159,7 +166,7 @@ def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) 
         ctx.tracker.log({k: v for k, v in history[-1].items() if k != "epoch"}, step=step, prefix="align")
         logger.info("align epoch %d: loss %.5g (L_e %.5g, L_p %.5g)", loader.epoch - 1, *means)
         _save(ckpt_root, step, strategy, loader, history, eng.keep_last)
-    return strategy.unwrap().eval(), history
+    return strategy.unwrap().eval(), history, strategy.batchnorm_record(recipe.global_batch)
 
 
 def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
@@ -168,7 +175,7 @@ def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
     anchor, num_anchor = compute_anchor(ctx, method)
     if ctx.env.is_main:
         np.save(ctx.stage_dir / "anchor.npy", anchor)
-    net, history = train_alignment(ctx, method, anchor)
+    net, history, batchnorm = train_alignment(ctx, method, anchor)
     if ctx.env.is_main:
         torch.save({"model": net.state_dict(), "meta": {"history": history}}, ctx.stage_dir / "alignment.pt")
 
@@ -202,6 +209,7 @@ def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
         "sidecar": "{split}/affine",
         "history": history,
         "splits": out,
+        "batchnorm": batchnorm,
     }
 
 

@@ -7,7 +7,11 @@ Stages (docs/methods.md#lungheart):
 2. ``masks`` — the union mask of every image of every split as a key-aligned ``<split>/mask`` sidecar.
 3. ``classify`` — multi-scale input attention + DenseNet-121, the mask joined by the loader (kind "image", so
    it follows the crop) and passed as ``model(image, mask=mask)``.
-4. ``eval`` — test AUROC and localization; the heatmap is the CAM of the feature extractor F_g (fang2021 Table 3).
+4. ``eval`` — test AUROC and localization; the heatmap is the CAM of the features the head classifies, F_l.
+
+fang2021's CAM IoU (0.3014, Table 3 / §4.3) is set beside this run's maps: the CAM of F_l, the features the
+masked model's head classifies (``published.localization.applies_to``). The ablation ``use_mask=false`` maps its own
+head on F_g and is reported without a paper number.
 
 Ablations: ``method.model.use_mask=false`` is "Ours w/o F_l" (Table 2; the seg and masks stages are dropped),
 ``method.model.multiscale=false`` is "FE w/o MA" (Table 3).
@@ -32,7 +36,7 @@ def forward(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
 
 
 def maps(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of the masked features and the CAMs of F_g (the mask never changes the maps)."""
+    """Logits and CAMs of the features the head classifies (F_l = F_g ⊙ M_g; F_g without the mask)."""
     return model.forward_with_maps(batch["image"], mask=batch.get("mask"))
 
 
@@ -45,6 +49,9 @@ class LungHeart(Method):
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # ImageNet DenseNet-121 ("pre-trained 121-layer DenseNet", fang2021 §4.2)
+        imagenet_weights: str = (
+            "v1"  # v1: IMAGENET1K_V1, the original weights the papers used | v2: torchvision DEFAULT
+        )
         multiscale: bool = True  # multi-scale input attention (§3.2); false = "FE w/o MA"
         use_mask: bool = True  # F_l = F_g ⊙ M_g (Eq. 3); false = "Ours w/o F_l"
 
@@ -69,6 +76,7 @@ class LungHeart(Method):
         return build_model(
             "lungheart",
             pretrained=m.pretrained,
+            imagenet_weights=m.imagenet_weights,
             in_chans=self.in_chans(stage),
             multiscale=m.multiscale,
             use_mask=m.use_mask,

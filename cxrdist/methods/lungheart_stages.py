@@ -30,7 +30,7 @@ from cxrdist.engine.checkpoint import load_model_weights, save_model_weights
 from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
 from cxrdist.engine.sidecar_writer import fill_sidecar, inference_autocast, sidecar_splits
 from cxrdist.engine.stages import StageContext
-from cxrdist.engine.strategy import build_strategy
+from cxrdist.engine.strategy import build_strategy, log_batchnorm
 from cxrdist.models import build_model
 from cxrdist.models.unet import soft_dice_loss, union_mask
 
@@ -122,9 +122,16 @@ def _unet_strategy(ctx: StageContext, recipe: Any, width: int):
     optimizer = build_optimizer(model.parameters(), recipe.optim)
     eng = cfg.engine
     strategy = build_strategy(
-        "ddp", env, accum=accum, micro_batch=micro, precision=eng.precision, grad_clip=eng.grad_clip
+        "ddp",
+        env,
+        accum=accum,
+        micro_batch=micro,
+        precision=eng.precision,
+        grad_clip=eng.grad_clip,
+        sync_bn=eng.sync_bn,
     )
     strategy.wrap(model, optimizer)
+    log_batchnorm("seg", strategy.batchnorm_record(recipe.global_batch), env.world_size, micro, accum)
     return strategy, build_scheduler(optimizer, recipe.schedule)
 
 
@@ -172,6 +179,7 @@ def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
         "seg_root": str(seg_root(ctx, opts.seg_root)),
         "micro_batch": strategy.micro_batch,
         "accum": strategy.accum,
+        "batchnorm": strategy.batchnorm_record(recipe.global_batch),
     }
 
 

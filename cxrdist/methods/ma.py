@@ -108,6 +108,9 @@ class MultiAttention(Method):
     @dataclass
     class ModelConfig:
         pretrained: bool = True  # ImageNet ResNet-101 weights in the ResNet part (ma2019 §4.1); SE blocks random
+        imagenet_weights: str = (
+            "v1"  # v1: IMAGENET1K_V1, the original weights the papers used | v2: torchvision DEFAULT
+        )
 
     @dataclass
     class Options:
@@ -123,7 +126,10 @@ class MultiAttention(Method):
 
     def build_model(self, stage: str) -> torch.nn.Module:
         """The network of ``stage`` (fresh, with the ImageNet weights when ``model.pretrained``)."""
-        return build_model("ma", pretrained=self.model_cfg.pretrained, in_chans=self.in_chans(stage))
+        m = self.model_cfg
+        return build_model(
+            "ma", pretrained=m.pretrained, in_chans=self.in_chans(stage), imagenet_weights=m.imagenet_weights
+        )
 
     def stages(self) -> list[Stage]:
         base = self.recipe("base")

@@ -46,12 +46,12 @@ class AlignmentNet(nn.Module):
         return torch.cat([raw[:, :2].exp(), raw[:, 2:]], dim=1)
 
 
-def build_alignment(pretrained: bool = False, in_chans: int = 3) -> AlignmentNet:
+def build_alignment(pretrained: bool = False, in_chans: int = 3, imagenet_weights: str = "v1") -> AlignmentNet:
     """Build the alignment module (ResNet-18; ImageNet init is a choice).
 
     11,179,077 parameters at 3 input channels (ResNet-18 features 11,176,512 + 512·5 + 5).
     """
-    features, num_features = build_backbone("resnet18", pretrained, in_chans)
+    features, num_features = build_backbone("resnet18", pretrained, in_chans, imagenet_weights)
     return AlignmentNet(features, num_features)
 
 

@@ -45,11 +45,12 @@ def build_amdensenet(
     num_classes: int = NUM_LABELS,
     cbam_placement: str = "before_transition",
     reduction: int = 16,
+    imagenet_weights: str = "v1",
 ) -> DenseNetClassifier:
     """Build AM-DenseNet; ``model.features`` is a Sequential whose child order shows the CBAM placement.
 
     Parameters at 14 classes, 3 input channels: 7,140,532 before the transitions (CBAM on 256, 512, 1024
     channels), 7,011,508 after (128, 256, 512 channels); DenseNet-121 + 14-way head is 6,968,206.
     """
-    features, num_features = build_backbone("densenet121", pretrained, in_chans)
+    features, num_features = build_backbone("densenet121", pretrained, in_chans, imagenet_weights)
     return DenseNetClassifier(insert_cbam(features, cbam_placement, reduction), num_features, num_classes)

@@ -1,8 +1,10 @@
 """Backbone feature extractors: the network up to its last feature map, without pooling or classifier.
 
 ResNet-18/50 and DenseNet-121 come from torchvision (the module names of published ChestX-ray14
-checkpoints). ``pretrained`` loads ``weights=DEFAULT``: IMAGENET1K_V1 for ResNet-18 and DenseNet-121, but the
-newer IMAGENET1K_V2 recipe for ResNet-50/101, which the papers predate.
+checkpoints). ``pretrained`` loads the ImageNet weights of ``imagenet_weights``: ``v1`` (default) is
+IMAGENET1K_V1, the original torchvision weights every paper here (2017–2021) used; ``v2`` is torchvision's
+``DEFAULT``, i.e. the 2021 IMAGENET1K_V2 recipe for ResNet-50/101, which the papers predate (ResNet-18 and
+DenseNet-121 have only V1).
 
 SE-ResNet-101 comes from timm (``seresnet101``: an SE block with reduction 16 on the residual branch of every
 bottleneck); its ImageNet initialisation is the torchvision ResNet-101, as ma2019 §4.1 says ("initialized
@@ -29,6 +31,8 @@ _TORCHVISION: dict[str, tuple[Callable[..., nn.Module], type[tvm.WeightsEnum]]] 
     "resnet101": (tvm.resnet101, tvm.ResNet101_Weights),
     "densenet121": (tvm.densenet121, tvm.DenseNet121_Weights),
 }
+# model.imagenet_weights: v1 = the original weights (the papers'), v2 = torchvision's DEFAULT (newer where it exists).
+IMAGENET_WEIGHTS: tuple[str, ...] = ("v1", "v2")
 _RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -40,13 +44,16 @@ def weights_error(name: str, exc: BaseException) -> RuntimeError:
     )
 
 
-def imagenet_weights(name: str) -> tvm.WeightsEnum:
-    """The ImageNet weights ``pretrained`` loads for torchvision model ``name`` (see the module docstring)."""
-    return _TORCHVISION[name][1].DEFAULT
+def weights_enum(name: str, version: str = "v1") -> tvm.WeightsEnum:
+    """torchvision weights of ``version`` (v1: IMAGENET1K_V1; v2: ``DEFAULT``) of the torchvision model ``name``."""
+    if version not in IMAGENET_WEIGHTS:
+        raise ValueError(f"imagenet_weights {version!r}: choose v1 (the original weights, the papers') or v2")
+    enum = _TORCHVISION[name][1]
+    return enum.IMAGENET1K_V1 if version == "v1" else enum.DEFAULT
 
 
-def ensure_imagenet_weights(name: str, timeout_s: float = 60.0) -> Path:
-    """The cached weights file of torchvision model ``name``, downloaded into the torch cache if missing.
+def ensure_imagenet_weights(name: str, version: str = "v1", timeout_s: float = 60.0) -> Path:
+    """The cached weights file of torchvision model ``name`` (``version``), downloaded into the torch cache if missing.
 
     Lets a launcher find missing weights before a run starts (a download on a login node also serves compute
     nodes without internet that share the cache). ``timeout_s`` bounds each network wait.
@@ -54,7 +61,7 @@ def ensure_imagenet_weights(name: str, timeout_s: float = 60.0) -> Path:
     Raises:
         RuntimeError: the file is not cached and cannot be downloaded (:func:`weights_error`).
     """
-    weights = imagenet_weights(name)
+    weights = weights_enum(name, version)
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
     if path.is_file():
         return path
@@ -69,13 +76,14 @@ def ensure_imagenet_weights(name: str, timeout_s: float = 60.0) -> Path:
     return path
 
 
-def build_torchvision_model(name: str, pretrained: bool) -> nn.Module:
-    """Build a torchvision ImageNet model (1000-class head), with ``weights=DEFAULT`` when ``pretrained``.
+def build_torchvision_model(name: str, pretrained: bool, version: str = "v1") -> nn.Module:
+    """Build a torchvision ImageNet model (1000-class head), with the ``version`` ImageNet weights when ``pretrained``.
 
     Raises:
         RuntimeError: ``pretrained`` and the weights are neither cached nor downloadable.
     """
     builder = _TORCHVISION[name][0]
+    weights = weights_enum(name, version)
     if not pretrained:
         # A random ResNet starts with every residual branch's last BN scale at zero (Goyal et al. 2017), as timm's
         # SE-ResNet-101 does by default (zero_init_last): measured on the 64-px phantom, ResNet-50 from scratch at
@@ -84,7 +92,7 @@ def build_torchvision_model(name: str, pretrained: bool) -> nn.Module:
         kwargs = {"zero_init_residual": True} if name.startswith("resnet") else {}
         return builder(weights=None, **kwargs)
     try:
-        return builder(weights=imagenet_weights(name))
+        return builder(weights=weights)
     except Exception as exc:  # URLError, hash mismatch, corrupt cache: all mean "no usable weights"
         raise weights_error(name, exc) from exc
 
@@ -123,7 +131,7 @@ def densenet_features(model: nn.Module, in_chans: int) -> nn.Sequential:
     return nn.Sequential(children)
 
 
-def load_resnet101_into_seresnet(features: nn.Module, in_chans: int) -> None:
+def load_resnet101_into_seresnet(features: nn.Module, in_chans: int, version: str = "v1") -> None:
     """Copy torchvision ImageNet ResNet-101 weights into SE-ResNet-101 features; SE blocks keep their init.
 
     Raises:
@@ -131,7 +139,7 @@ def load_resnet101_into_seresnet(features: nn.Module, in_chans: int) -> None:
             (or the other way round).
     """
     try:
-        state = imagenet_weights("resnet101").get_state_dict(progress=False)
+        state = weights_enum("resnet101", version).get_state_dict(progress=False)
     except Exception as exc:
         raise weights_error("resnet101 (the ResNet part of seresnet101)", exc) from exc
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -143,23 +151,26 @@ def load_resnet101_into_seresnet(features: nn.Module, in_chans: int) -> None:
         raise RuntimeError(f"ResNet-101 → SE-ResNet-101 key mismatch: missing {not_se}, unexpected {unexpected}")
 
 
-def _seresnet101_features(pretrained: bool, in_chans: int) -> nn.Sequential:
+def _seresnet101_features(pretrained: bool, in_chans: int, version: str) -> nn.Sequential:
     import timm  # imported here: timm is only needed for this backbone and its import is slow
 
     model = timm.create_model("seresnet101", pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
     features = _resnet_features(model, in_chans)
     if pretrained:
-        load_resnet101_into_seresnet(features, in_chans)
+        load_resnet101_into_seresnet(features, in_chans, version)
     return features
 
 
-def build_backbone(name: str, pretrained: bool = False, in_chans: int = 3) -> tuple[nn.Sequential, int]:
+def build_backbone(
+    name: str, pretrained: bool = False, in_chans: int = 3, imagenet_weights: str = "v1"
+) -> tuple[nn.Sequential, int]:
     """Build a feature extractor returning the last feature map (B, C, H/32, W/32), post-ReLU.
 
     Args:
         name: one of :data:`BACKBONES`.
         pretrained: initialise from ImageNet (needs the weights cached or a network).
         in_chans: 1 or 3 input channels.
+        imagenet_weights: ``v1`` (IMAGENET1K_V1, the papers') or ``v2`` (torchvision's DEFAULT); see the module.
 
     Returns:
         ``(features, num_features)``: an ``nn.Sequential`` with the torchvision child names (``conv1`` …
@@ -167,18 +178,20 @@ def build_backbone(name: str, pretrained: bool = False, in_chans: int = 3) -> tu
         Its parameters are exactly the reference model's minus the classifier.
 
     Raises:
-        ValueError: unknown name or ``in_chans``.
+        ValueError: unknown name, ``in_chans`` or ``imagenet_weights``.
         RuntimeError: ``pretrained`` and the weights cannot be loaded.
     """
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+    if imagenet_weights not in IMAGENET_WEIGHTS:
+        raise ValueError(f"imagenet_weights {imagenet_weights!r}: choose v1 (the original weights, the papers') or v2")
     if name == "seresnet101":
-        return _seresnet101_features(pretrained, in_chans), 2048
+        return _seresnet101_features(pretrained, in_chans, imagenet_weights), 2048
     if name in ("resnet18", "resnet50"):
-        model = build_torchvision_model(name, pretrained)
+        model = build_torchvision_model(name, pretrained, imagenet_weights)
         return _resnet_features(model, in_chans), model.fc.in_features
     if name == "densenet121":
-        model = build_torchvision_model(name, pretrained)
+        model = build_torchvision_model(name, pretrained, imagenet_weights)
         return densenet_features(model, in_chans), model.classifier.in_features
     raise ValueError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
 

@@ -81,6 +81,7 @@ def build_dcnn(
     lse_r: float = 10.0,
     transition_kernel: int = 3,
     transition_norm: bool = False,
+    imagenet_weights: str = "v1",
 ) -> DCNN:
     """Build the Wang et al. 2017 DCNN: ResNet-50, transition conv, LSE pooling (r = 10) by default.
 
@@ -91,18 +92,20 @@ def build_dcnn(
     2048·1024·9 + 1024 + linear 1024·14 + 14); with ``transition_kernel=1``: 25,620,558; ``transition_norm``
     adds the BatchNorm's 2·1024.
     """
-    features, num_features = build_backbone(backbone, pretrained, in_chans)
+    features, num_features = build_backbone(backbone, pretrained, in_chans, imagenet_weights)
     return DCNN(
         features, num_features, num_classes, pool=pool, lse_r=lse_r,
         transition_kernel=transition_kernel, transition_norm=transition_norm,
     )  # fmt: skip
 
 
-def build_chexnet(pretrained: bool = False, in_chans: int = 3, num_classes: int = NUM_LABELS) -> DenseNetClassifier:
+def build_chexnet(
+    pretrained: bool = False, in_chans: int = 3, num_classes: int = NUM_LABELS, imagenet_weights: str = "v1"
+) -> DenseNetClassifier:
     """Build CheXNet: DenseNet-121 with a 14-way linear head (guan2020: "replaces the last fully connected
     layer with a 14-output fully connected layer").
 
     6,968,206 parameters at 14 classes, 3 input channels (= torchvision ``densenet121(num_classes=14)``).
     """
-    features, num_features = build_backbone("densenet121", pretrained, in_chans)
+    features, num_features = build_backbone("densenet121", pretrained, in_chans, imagenet_weights)
     return DenseNetClassifier(features, num_features, num_classes)

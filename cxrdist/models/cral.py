@@ -84,6 +84,7 @@ def build_cral(
     attention: str = "att1",
     category_wise: bool = True,
     residual: bool = True,
+    imagenet_weights: str = "v1",
 ) -> CRAL:
     """Build CRAL on ``resnet50`` or ``densenet121`` with ``att1`` or ``att2``.
 
@@ -92,5 +93,5 @@ def build_cral(
     """
     if backbone not in ("resnet50", "densenet121"):
         raise ValueError(f"cral backbone must be resnet50 or densenet121, got {backbone!r}")
-    features, num_features = build_backbone(backbone, pretrained, in_chans)
+    features, num_features = build_backbone(backbone, pretrained, in_chans, imagenet_weights)
     return CRAL(features, num_features, num_classes, attention, category_wise, residual)

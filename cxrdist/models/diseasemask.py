@@ -65,14 +65,18 @@ class DiseaseMaskNet(Classifier):
 
 
 def build_diseasemask(
-    pretrained: bool = False, in_chans: int = 3, num_classes: int = NUM_LABELS, mask_size: int = 16
+    pretrained: bool = False,
+    in_chans: int = 3,
+    num_classes: int = NUM_LABELS,
+    mask_size: int = 16,
+    imagenet_weights: str = "v1",
 ) -> DiseaseMaskNet:
     """Build the kim2021 classifier. ``mask_size`` is the feature-map side: 16 for the paper's 512 input.
 
     23,536,718 parameters at 14 classes, 3 input channels (= torchvision ``resnet50(num_classes=14)``; ψ is a
     buffer, not a parameter).
     """
-    features, num_features = build_backbone("resnet50", pretrained, in_chans)
+    features, num_features = build_backbone("resnet50", pretrained, in_chans, imagenet_weights)
     return DiseaseMaskNet(features, num_features, num_classes, mask_size)
 
 

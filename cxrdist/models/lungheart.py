@@ -19,9 +19,11 @@ class LungHeartNet(Classifier):
     fractional (choice; fang2021 Eq. 3 "F_l = F_g ⊗ M_g"). With ``use_mask=True`` every forward
     needs the mask: a forgotten mask raises instead of silently training the "w/o F_l" ablation.
 
-    The heatmap is the CAM of F_g, the feature extractor's output before the mask: fang2021's Table 3 CAM IoU
-    is measured on "the feature extractor equipped with the multi-scale attention module" (FE), and
-    cxrdist reads it (docs/methods.md#lungheart) as the FE's CAM. The maps therefore never depend on the mask.
+    The heatmap is the model's own CAM, of the features its head classifies: Σ_k w_k^c F_l,k (the logits are its
+    spatial mean plus the bias), so with the mask it is zero outside the lungs and heart. fang2021's Table 3 CAM IoU
+    (0.3014) is set beside this masked model's maps (docs/methods.md, "lungheart's CAM"); the "w/o F_l" ablation
+    (``use_mask=False``) maps its own head on F_g. The earlier maps, the masked model's head applied to the unmasked
+    F_g, were neither model's: that head was fitted to masked features.
     """
 
     def __init__(
@@ -49,21 +51,20 @@ class LungHeartNet(Classifier):
             raise ValueError(f"mask must be (B, 1, H, W) with B={x.shape[0]}, got {tuple(mask.shape)}")
 
     def forward_with_maps(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Return logits (B, K) of the masked features and the CAMs (B, K, h, w) of the unmasked F_g."""
+        """Return logits (B, K) and the CAMs (B, K, h, w) of the classified features (F_l, or F_g without mask)."""
         self._check_mask(x, mask)
         fg = self.features(self.input_attention(x))
         fl = fg * F.adaptive_avg_pool2d(mask.to(fg.dtype), fg.shape[-2:]) if mask is not None else fg
         logits = self.classifier(fl.mean(dim=(2, 3)))
-        return logits, class_activation_maps(fg, self.classifier.weight)
+        return logits, class_activation_maps(fl, self.classifier.weight)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Return logits (B, K); ``mask`` (B, 1, H, W) is required when ``use_mask``."""
         return self.forward_with_maps(x, mask)[0]
 
     def heatmaps(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Return the FE CAMs (B, K, h, w); the mask is not used by the maps and may be omitted."""
-        fg = self.features(self.input_attention(x))
-        return class_activation_maps(fg, self.classifier.weight)
+        """Return the CAMs (B, K, h, w) of the classified features (``mask`` required when ``use_mask``)."""
+        return self.forward_with_maps(x, mask)[1]
 
 
 def build_lungheart(
@@ -72,11 +73,12 @@ def build_lungheart(
     num_classes: int = NUM_LABELS,
     multiscale: bool = True,
     use_mask: bool = True,
+    imagenet_weights: str = "v1",
 ) -> LungHeartNet:
     """Build the fang2021 classifier (``multiscale=False``: "FE w/o MA"; ``use_mask=False``: "w/o F_l").
 
     6,969,461 parameters at 14 classes, 3 input channels (DenseNet-121 + 14-way head 6,968,206 + multi-scale
     attention 1,255); the mask adds none.
     """
-    features, num_features = build_backbone("densenet121", pretrained, in_chans)
+    features, num_features = build_backbone("densenet121", pretrained, in_chans, imagenet_weights)
     return LungHeartNet(features, num_features, num_classes, in_chans, multiscale, use_mask)

@@ -32,11 +32,13 @@ class MultiAttentionNet(Classifier):
         return scores.mean(dim=(2, 3)), scores
 
 
-def build_ma(pretrained: bool = False, in_chans: int = 3, num_classes: int = NUM_LABELS) -> MultiAttentionNet:
+def build_ma(
+    pretrained: bool = False, in_chans: int = 3, num_classes: int = NUM_LABELS, imagenet_weights: str = "v1"
+) -> MultiAttentionNet:
     """Build the ma2019 network. ``pretrained`` loads ImageNet ResNet-101 weights into the ResNet part (SE
     blocks stay random), as ma2019 §4.1 states.
 
     47,335,230 parameters at 14 classes, 3 input channels (SE-ResNet-101 features 47,277,872 + 4096·14 + 14).
     """
-    features, num_features = build_backbone("seresnet101", pretrained, in_chans)
+    features, num_features = build_backbone("seresnet101", pretrained, in_chans, imagenet_weights)
     return MultiAttentionNet(features, num_features, num_classes)

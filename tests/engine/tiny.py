@@ -1,4 +1,5 @@
-"""A tiny BN-free classifier and stage lists for fast, exact engine tests (importable by spawned ranks)."""
+"""Tiny classifiers (BN-free, and with BatchNorm) and stage lists for fast, exact engine tests (importable by spawned
+ranks)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,21 @@ class TinyNet(Classifier):
 
 
 class TinyBNNet(TinyNet):
-    """TinyNet with a BatchNorm: its running statistics are what ranks hold differently after a step."""
+    """TinyNet with a BatchNorm after each conv: exercises synchronised BatchNorm."""
 
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2), nn.ReLU()
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
         )
+
+
+NETS = {"tiny": TinyNet, "tiny_bn": TinyBNNet}
 
 
 def tiny_cfg(shards: Path, run_dir: Path, *extra: str):
@@ -87,6 +96,27 @@ def tiny_stages_with_eval(cfg):
             maps=lambda m, b: m.forward_with_maps(b["image"]),
         ),
     ]
+
+
+def invariance_worker(rank: int, world: int, port: int, shards: str, root: str, cases: list) -> None:
+    """One rank of the invariance test: train every ``(name, net, overrides)`` case in one process group.
+
+    Each case writes ``root/<name>/w<world>/stages/00_train/last.pt``; one session (logging, process group) serves
+    all cases so that the ranks start once per world size.
+    """
+    from cxrdist.config import to_container
+    from cxrdist.engine.pipeline import run_stages
+    from cxrdist.engine.stages import StageContext
+    from cxrdist.job import _local_rank_env, rank_session
+
+    _local_rank_env(rank, world, port)
+    base = tiny_cfg(Path(shards), Path(root) / "session")
+    with rank_session(to_container(base), str(Path(root) / f"session-w{world}")) as session:
+        for name, net, overrides in cases:
+            run_dir = Path(root) / name / f"w{world}"
+            cfg = tiny_cfg(Path(shards), run_dir, *overrides)
+            ctx = StageContext(cfg=cfg, run_dir=run_dir, env=session.env, tracker=session.tracker)
+            run_stages(ctx, [TrainStage("train", cfg.method.stages.train, lambda ctx, n=net: NETS[n]())])
 
 
 if __name__ == "__main__":  # used by the kill-and-resume test: python tiny.py SHARDS RUN_DIR NPROC [overrides]

@@ -76,6 +76,6 @@ def test_localization_table() -> None:
     assert "### kim2021 Table 1 protocol" in md and "### fang2021 Table 3 protocol" in md
     assert "### Wang et al. 2017 protocol, heatmap > 60" in md and "heatmap > 180" in md
     assert "| 0.3 | > 60 | 1.0000 | n/a |" in md
-    assert "best of all thresholds" in md
+    assert "ORACLE: per GT box the best of all thresholds" in md
     assert "Cardiomegaly: no ground-truth boxes" in md
     assert "**false_positive**" in md

@@ -91,14 +91,14 @@ def test_two_gt_boxes_one_prediction() -> None:
     assert res["images_per_class"]["Effusion"] == 1 and res["boxes_per_class"]["Effusion"] == 2
 
 
-def test_thresholds_separately_and_best() -> None:
+def test_thresholds_separately_and_oracle() -> None:
     # A value-100 block on the GT and a value-255 block elsewhere: > 60 sees both, > 180 only the far one.
     hm = blocks((10, 10, 30, 30, 100.0), (100, 100, 120, 120, 255.0))
     res = evaluate({("a", 0): hm}, [rec("a", 0, 10, 10, 20, 20)])
-    assert res["per_box"]["best_iou"] == {"60": [1.0], "180": [0.0], "best": [1.0]}
+    assert res["per_box"]["best_iou"] == {"60": [1.0], "180": [0.0], "oracle": [1.0]}
     assert res["kim"]["60"]["0.5"]["mean_over_classes"] == 1.0
     assert res["kim"]["180"]["0.5"]["mean_over_classes"] == 0.0
-    assert res["kim"]["best"]["0.5"]["mean_over_classes"] == 1.0
+    assert res["kim"]["oracle"]["0.5"]["mean_over_classes"] == 1.0
     assert res["wang"]["180"]["iou"]["0.1"]["afp"]["Atelectasis"] == 1.0
     assert res["wang"]["60"]["iou"]["0.1"]["afp"]["Atelectasis"] == 1.0
 
@@ -129,7 +129,7 @@ def test_fang_and_kim_means_over_classes_vs_boxes() -> None:
     assert kim["mean_over_boxes"] == pytest.approx(2 / 4)
     assert res["kim"]["60"]["0.5"]["per_class"]["Cardiomegaly"] == 0.0  # 0.5 is not > 0.5
     assert len(res["warnings"]) == 6 and all("no ground-truth boxes" in w for w in res["warnings"])
-    assert set(res["kim"]["best"]) == {"0.3", "0.5", "0.7"}
+    assert set(res["kim"]["oracle"]) == {"0.3", "0.5", "0.7"}
 
 
 def test_per_image_stack_input_and_errors() -> None:

@@ -168,9 +168,11 @@ def test_lungheart_ones_mask_equals_no_mask(x64):
         pooled = torch.tensor([1.0, 0.25]).view(1, 1, 1, 2)
         expected = masked.classifier((fg * pooled).mean(dim=(2, 3)))
         torch.testing.assert_close(masked(x64, mask), expected, atol=1e-5, rtol=1e-5)
-        # the heatmap is the feature extractor's CAM: independent of the mask
-        torch.testing.assert_close(masked.forward_with_maps(x64, mask)[1], maps)
-        torch.testing.assert_close(masked.heatmaps(x64), maps)
+        # the heatmap is the CAM of the classified features F_l: the mask weights it, and its mean is the logit
+        logits_m, maps_m = masked.forward_with_maps(x64, mask)
+        torch.testing.assert_close(maps_m, maps * pooled, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(maps_m.mean(dim=(2, 3)) + masked.classifier.bias, logits_m, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(masked.heatmaps(x64, mask), maps_m)
     with pytest.raises(ValueError, match="use_mask=True"):
         masked(x64)
     with pytest.raises(ValueError, match="use_mask=False"):

@@ -12,7 +12,7 @@ import torchvision.models as tvm
 from modelcheck import count
 
 from cxrdist.models import build_model
-from cxrdist.models.backbones import adapt_first_conv, build_backbone, load_resnet101_into_seresnet
+from cxrdist.models.backbones import adapt_first_conv, build_backbone, load_resnet101_into_seresnet, weights_enum
 
 # mmpretrain's SE-ResNet table (SE block r=16 in every bottleneck, 1000-class head) lists SE-ResNet-101 at
 # "Params(M) 49.33"; the SENet paper (Hu et al.) itself prints only SE-ResNet-50's ~2.5M increment.
@@ -141,3 +141,34 @@ def test_unknown_backbone_and_channels():
         build_backbone("vgg16")
     with pytest.raises(ValueError, match="in_chans"):
         build_backbone("resnet18", in_chans=4)
+
+
+@pytest.mark.parametrize("name,source", [("resnet18", "resnet18"), ("resnet50", "resnet50"),
+                                         ("densenet121", "densenet121"), ("seresnet101", "resnet101")])  # fmt: skip
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_imagenet_weights_version_picks_the_file(offline, name: str, source: str, version: str):
+    """model.imagenet_weights reaches the download: v1 asks for IMAGENET1K_V1's file, v2 for torchvision's DEFAULT."""
+    with pytest.raises(RuntimeError) as err:
+        build_backbone(name, pretrained=True, imagenet_weights=version)
+    assert weights_enum(source, version).url in str(err.value)
+
+
+def test_imagenet_weights_v1_is_the_original():
+    assert weights_enum("resnet50", "v1") is tvm.ResNet50_Weights.IMAGENET1K_V1
+    assert weights_enum("resnet50", "v2") is tvm.ResNet50_Weights.IMAGENET1K_V2  # the 2021 recipe
+    assert weights_enum("resnet101", "v2") is tvm.ResNet101_Weights.IMAGENET1K_V2
+    assert weights_enum("densenet121", "v2") is tvm.DenseNet121_Weights.IMAGENET1K_V1  # it has no V2
+    with pytest.raises(ValueError, match="imagenet_weights 'v3'"):
+        build_backbone("resnet18", imagenet_weights="v3")
+
+
+@pytest.mark.parametrize("method", ["dcnn", "chexnet", "ma", "cral", "amdensenet", "lungheart", "diseasemask"])
+def test_every_method_defaults_to_v1_and_checks_the_value(method: str):
+    from cxrdist.config import compose
+    from cxrdist.methods import get_method
+
+    cfg = compose([f"method={method}", "data.root=/x"])
+    assert get_method(method)(cfg).model_cfg.imagenet_weights == "v1"
+    bad = compose([f"method={method}", "data.root=/x", "method.model.imagenet_weights=v3"])
+    with pytest.raises(ValueError, match=r"method.model.imagenet_weights='v3': choose v1"):
+        get_method(method)(bad)
