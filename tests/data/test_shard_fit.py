@@ -10,7 +10,7 @@ import pytest
 from cxrdist.config import compose
 from cxrdist.data.shard_fit import first_sample_meta, source_pixel_warnings
 from cxrdist.data.writer import WriterConfig, write_dataset
-from cxrdist.job import warn_source_pixels
+from cxrdist.prepare import warn_source_pixels
 
 NEAREST = {"train": [{"op": "resize_nearest", "size": 32}], "eval": [{"op": "resize_nearest", "size": 32}]}
 BILINEAR = {"train": [{"op": "resize", "size": 48}, {"op": "center_crop", "size": 40}], "eval": []}
@@ -42,9 +42,9 @@ def test_shards_at_the_source_size_pass(shard_root: Path):
 
 def test_run_start_warns_for_amdensenet(shards_32: Path, caplog):
     cfg = compose(["method=amdensenet", f"data.root={shards_32}", "run_dir=/unused"])
-    with caplog.at_level(logging.WARNING, logger="cxrdist.job"):
+    with caplog.at_level(logging.WARNING, logger="cxrdist.prepare"):
         (msg,) = warn_source_pixels(cfg)
     assert "nearest neighbour to 512 px" in msg and "resamples those resized pixels" in msg
-    assert [r.getMessage() for r in caplog.records if r.name == "cxrdist.job"] == [msg]
+    assert [r.getMessage() for r in caplog.records if r.name == "cxrdist.prepare"] == [msg]
     chexnet = compose(["method=chexnet", f"data.root={shards_32}", "run_dir=/unused"])
     assert all("resizes to 256 px" in w for w in warn_source_pixels(chexnet))  # 32-px shards upsampled to 256
