@@ -9,6 +9,7 @@ so a requeued job resumes where it stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -369,8 +370,17 @@ class Job:
         return submitit.helpers.DelayedSubmission(type(self)(self.cfg_dict, self.run_dir, self.lock))
 
 
-def _evaluate_rank(run_dir: str, splits: list[str], stage: str | None, lock: str | None = None) -> None:
-    """One rank of launch/evaluate.py: the method's final EvalStage with another checkpoint and splits."""
+def external_eval_dir(run_dir: Path, shards: str | Path) -> Path:
+    """Where ``launch/evaluate.py RUN --shards S`` writes: ``RUN/eval/external/<S's dataset>``."""
+    header = json.loads((Path(shards) / "_dataset.json").read_text())
+    return Path(run_dir) / "eval" / "external" / header.get("dataset", "nih")
+
+
+def _evaluate_rank(
+    run_dir: str, splits: list[str], stage: str | None, lock: str | None = None, shards: str | None = None
+) -> None:
+    """One rank of launch/evaluate.py: the method's final EvalStage with another checkpoint and splits (and, with
+    ``shards``, another shard root: an external set, whose writer hash the run does not pin)."""
     import dataclasses
 
     from cxrdist.config import load_config, to_container
@@ -380,6 +390,10 @@ def _evaluate_rank(run_dir: str, splits: list[str], stage: str | None, lock: str
 
     cfg = load_config(Path(run_dir) / "config.yaml")
     cfg.eval.splits = splits
+    out_root = Path(run_dir) / "eval"
+    if shards is not None:
+        cfg.data.root, cfg.data.expected_config_hash = str(shards), None
+        out_root = external_eval_dir(Path(run_dir), shards)
     with rank_session(to_container(cfg), run_dir, lock=lock, role="an evaluation") as ctx:
         stages = method_stages(ctx.cfg)
         ctx.stage_dirs = stage_dirs(Path(run_dir), stages)
@@ -391,31 +405,43 @@ def _evaluate_rank(run_dir: str, splits: list[str], stage: str | None, lock: str
                 raise ValueError(f"no stage {stage!r} in method {cfg.method.name} (stages: {list(ctx.stage_dirs)})")
             weights = ctx.stage_dirs[stage] / "best.pt"
             final = dataclasses.replace(final, weights=lambda c: weights)
-        evaluate_model(ctx, final, out_root=Path(run_dir) / "eval")
+        evaluate_model(ctx, final, out_root=out_root)
 
 
 def _spawn_eval(
-    rank: int, world: int, port: int, run_dir: str, splits: list[str], stage: str | None, lock: str | None
+    rank: int,
+    world: int,
+    port: int,
+    run_dir: str,
+    splits: list[str],
+    stage: str | None,
+    lock: str | None,
+    shards: str | None = None,
 ) -> None:
     _local_rank_env(rank, world, port)
-    _evaluate_rank(run_dir, splits, stage, lock)
+    _evaluate_rank(run_dir, splits, stage, lock, shards)
 
 
-def evaluate_run(run_dir: Path, splits: list[str], stage: str | None = None, nproc: int = 1) -> Path:
-    """Evaluate a run's best model (of ``stage``, default: the final eval stage's) into ``RUN/eval/<split>``.
+def evaluate_run(
+    run_dir: Path, splits: list[str], stage: str | None = None, nproc: int = 1, shards: str | Path | None = None
+) -> Path:
+    """Evaluate a run's best model (of ``stage``, default: the final eval stage's) into ``RUN/eval/<split>``, or
+    with ``shards`` (an external shard root) into ``RUN/eval/external/<dataset>/<split>``.
 
     Holds the run dir's lock while it runs: a run dir that a job is training is refused.
     """
     from cxrdist.preflight import check_eval_request
 
-    check_eval_request(Path(run_dir), splits, stage, nproc)  # before any process, W&B run or output exists
+    shards = None if shards is None else str(shards)
+    check_eval_request(Path(run_dir), splits, stage, nproc, shards)  # before any process, W&B run or output exists
     lock = rundir.new_token()
     rundir.acquire_lock(run_dir, lock, role="an evaluation")
     try:
         if nproc == 1:
-            _evaluate_rank(str(run_dir), splits, stage, lock)
+            _evaluate_rank(str(run_dir), splits, stage, lock, shards)
         else:
-            spawn_ranks(_spawn_eval, nproc, (nproc, free_port(), str(run_dir), splits, stage, lock), Path(run_dir))
+            args = (nproc, free_port(), str(run_dir), splits, stage, lock, shards)
+            spawn_ranks(_spawn_eval, nproc, args, Path(run_dir))
     finally:
         rundir.release_lock(run_dir, lock)
-    return Path(run_dir) / "eval"
+    return Path(run_dir) / "eval" if shards is None else external_eval_dir(Path(run_dir), shards)

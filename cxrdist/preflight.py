@@ -7,6 +7,7 @@ failure is a one-line :class:`~cxrdist.cli.UsageError` saying what to change (se
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -42,6 +43,17 @@ def check_shard_root(root: Any, splits: Iterable[str] = SPLITS) -> Path:
     return path
 
 
+def check_external_shards(shards: str, splits: Iterable[str]) -> None:
+    """``--shards``: a finished shard root whose ``splits`` hold samples (an external set has no bbox split)."""
+    try:
+        path = check_shard_root(shards, splits)
+    except UsageError as e:
+        raise UsageError(str(e).replace("data.root=", "--shards ")) from None
+    empty = [s for s in splits if json.loads((path / s / "_info.json").read_text())["num_samples"] == 0]
+    if empty:
+        raise UsageError(f"--shards {shards}: split(s) {', '.join(empty)} hold no samples; choose another --split")
+
+
 def check_weights(method: Any) -> None:
     """The ImageNet weights of every backbone the method's config loads are cached (downloaded now if not)."""
     from cxrdist.models.backbones import ensure_imagenet_weights
@@ -75,9 +87,12 @@ def check_run_dir(run_dir: Path, what: str = "evaluate") -> Path:
     return run_dir
 
 
-def check_eval_request(run_dir: Path, splits: list[str], stage: str | None, nproc: int) -> Path:
-    """``launch/evaluate.py``'s arguments: run dir, splits (known, and present in the run's shards), the stage
-    whose model is evaluated (finished, its weights on disk) and the process count. Returns the weights file."""
+def check_eval_request(
+    run_dir: Path, splits: list[str], stage: str | None, nproc: int, shards: str | None = None
+) -> Path:
+    """``launch/evaluate.py``'s arguments: run dir, splits (known, and present in the run's shards or in
+    ``shards``, an external shard root, with samples), the stage whose model is evaluated (finished, its weights on
+    disk) and the process count. Returns the weights file."""
     from cxrdist.config import load_config
 
     if nproc < 1:
@@ -88,7 +103,10 @@ def check_eval_request(run_dir: Path, splits: list[str], stage: str | None, npro
         known = ", ".join(SPLITS)
         raise UsageError(f"unknown split(s) {', '.join(unknown)}; choose from {known} (--split, repeatable)")
     cfg = load_config(Path(run_dir) / "config.yaml")
-    check_shard_root(cfg.data.root, splits)
+    if shards is None:
+        check_shard_root(cfg.data.root, splits)
+    else:
+        check_external_shards(shards, splits)
     # After the cheap checks: the method's stages need the models (seconds to import).
     from cxrdist.dist import DistEnv
     from cxrdist.engine.pipeline import stage_dirs

@@ -1,5 +1,8 @@
 """Evaluate a run: ``python launch/evaluate.py RUN_DIR [--split test --split bbox] [--stage NAME] [--nproc N]``.
 
+``--shards S --split test``: evaluate on another shard root (an external set written by ``shards/write.py
+--dataset chexpert|mimic|padchest``) into ``RUN/eval/external/<dataset>/<split>``, scoring the classes it annotates.
+
 Writes ``RUN/eval/<split>/`` (metrics.json, predictions.npz, auroc.md, roc.png; on bbox also heatmaps.npz,
 localization.md and heatmap overlays) and logs them to the run's W&B run. The run dir, the splits and the
 stage's weights are checked before any process or W&B run starts (one line, exit status 2).
@@ -22,14 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", action="append", dest="splits", help="test, bbox, val or train (repeatable)")
     p.add_argument("--stage", help="use this training stage's best.pt (default: the method's final model)")
     p.add_argument("--nproc", type=int, default=1, help="evaluation processes on this machine")
+    p.add_argument("--shards", help="evaluate on this shard root instead (an external set; default split: test)")
     args = p.parse_args(argv)
-    splits = args.splits or DEFAULT_SPLITS  # not argparse's default: append would add to it
+    splits = args.splits or (["test"] if args.shards else DEFAULT_SPLITS)  # not argparse's default (append)
     try:
-        check_eval_request(args.run_dir, splits, args.stage, args.nproc)
+        check_eval_request(args.run_dir, splits, args.stage, args.nproc, args.shards)
         rundir.check_lock(args.run_dir)  # a run dir a job is using is refused (one line naming the job)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("evaluate.py", e)
-    out = evaluate_run(args.run_dir, splits, stage=args.stage, nproc=args.nproc)
+    out = evaluate_run(args.run_dir, splits, stage=args.stage, nproc=args.nproc, shards=args.shards)
     print(f"evaluation written to {out}")
     return 0
 

@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 from cxrdist import cli
+from cxrdist.data.external import DATASETS
+from cxrdist.data.external.common import VIEW_FILTERS
+from cxrdist.data.external.labelmap import UNCERTAIN_POLICIES
 from cxrdist.data.nih import SPLIT_SCHEMES, DataError
 from cxrdist.data.verify import format_report, verify_dataset
 from cxrdist.data.writer import WriterConfig, finalize, plan_tasks, prepare_output, write_shards
@@ -19,8 +22,17 @@ logger = logging.getLogger(__name__)
 
 def writer_parser(prog: str = "write.py") -> argparse.ArgumentParser:
     """Arguments of ``shards/write.py`` (shared with ``launch/shard.py``)."""
-    p = cli.parser(prog, "Write WebDataset shards (train/val/test/bbox) from an NIH root.")
-    p.add_argument("--nih-root", required=True, type=Path, help="NIH ChestX-ray14 folder (real or phantom)")
+    p = cli.parser(prog, "Write WebDataset shards (train/val/test/bbox) from an NIH root or an external set.")
+    p.add_argument("--dataset", choices=("nih", *DATASETS), default="nih", help="the release under --root")
+    p.add_argument("--root", type=Path, help="the dataset's unpacked folder (real or phantom)")
+    p.add_argument("--nih-root", type=Path, help="NIH ChestX-ray14 folder (the same as --root with --dataset nih)")
+    p.add_argument("--views", choices=VIEW_FILTERS, default="frontal", help="external sets: frontal views, or all")
+    p.add_argument(
+        "--uncertain",
+        choices=UNCERTAIN_POLICIES,
+        default="ignore",
+        help="CheXpert/MIMIC uncertain (-1) labels: ignore (masked), zeros or ones (U-Ignore/U-Zeros/U-Ones)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output shard root")
     p.add_argument("--size", type=int, default=512, help="stored image side in pixels; 0 keeps the original")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (1..100)")
@@ -51,6 +63,12 @@ def check_writer_config(cfg: WriterConfig) -> None:
         raise cli.UsageError(f"--val-fraction must be in [0, 1) and --test-fraction in (0, 1), got "
                              f"{cfg.val_fraction}, {cfg.test_fraction}")  # fmt: skip
     root = Path(cfg.nih_root)
+    if cfg.dataset != "nih":
+        if not root.is_dir():
+            raise cli.UsageError(f"--root {root}: no such folder; give the unpacked {cfg.dataset} release")
+        if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+            raise cli.UsageError(f"--out {cfg.out} is a file; give a folder")
+        return
     if not root.is_dir():
         raise cli.UsageError(f"--nih-root {root}: no such folder; give the unpacked NIH ChestX-ray14 folder")
     if not (root / "images").is_dir():
@@ -61,8 +79,18 @@ def check_writer_config(cfg: WriterConfig) -> None:
 
 def config_from_args(args: argparse.Namespace) -> WriterConfig:
     """WriterConfig from parsed writer arguments."""
+    if args.root is not None and args.nih_root is not None and args.root != args.nih_root:
+        raise cli.UsageError(f"--root {args.root} and --nih-root {args.nih_root} differ; give one of them")
+    root = args.root if args.root is not None else args.nih_root
+    if root is None:
+        raise cli.UsageError("--root is required (the dataset's folder; --nih-root also works for --dataset nih)")
+    if args.dataset != "nih" and args.nih_root is not None:
+        raise cli.UsageError(f"--nih-root is for --dataset nih; use --root for {args.dataset}")
     return WriterConfig(
-        nih_root=str(args.nih_root),
+        nih_root=str(root),
+        dataset=args.dataset,
+        views=args.views,
+        uncertain=args.uncertain,
         out=str(args.out),
         size=args.size,
         quality=args.quality,
@@ -80,8 +108,8 @@ def write_main(argv: list[str] | None = None) -> int:
     """Write all shards, then the manifests; print a summary. Exit 2: a usage error (nothing written)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = writer_parser().parse_args(argv)
-    cfg = config_from_args(args)
     try:
+        cfg = config_from_args(args)
         check_writer_config(cfg)
         plan_tasks(cfg)  # reads and checks the CSVs and lists (errors name the file and row)
         prepare_output(cfg)  # refuses an --out of another writer config

@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing as mp
 import time
+from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cxrdist.data import external
+from cxrdist.data.external import common as external_common
+from cxrdist.data.external.labelmap import label_map_record
 from cxrdist.data.format import (
     FORMAT_VERSION,
     TarShardWriter,
@@ -36,6 +40,7 @@ from cxrdist.labels import LABELS, NUM_LABELS
 from cxrdist.progress import Progress
 
 logger = logging.getLogger(__name__)
+FILTERED = "filtered.jsonl"  # external sets: rows left out by the options (view filter, blank/excluded labels)
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,17 @@ class WriterConfig:
     test_fraction: float = 0.3
     skip_bad: bool = False
     workers: int = 1
+    # External sets (data/external): nih_root is then that dataset's root. Left out of an NIH config's content
+    # so NIH shard hashes stay what they were.
+    dataset: str = "nih"
+    views: str = "frontal"
+    uncertain: str = "ignore"
 
     def content_dict(self) -> dict[str, Any]:
         """The fields that change what is written (paths, workers and skip policy excluded)."""
         skip = {"nih_root", "out", "workers", "skip_bad"}
+        if self.dataset == "nih":
+            skip |= {"dataset", "views", "uncertain"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -91,6 +103,8 @@ def encode_jpeg(gray: np.ndarray, size: int, quality: int) -> bytes:
 
 def build_sample(rec: Record, root: Path, cfg: WriterConfig) -> dict[str, bytes]:
     """Read, resize and encode one image; return its tar members."""
+    if cfg.dataset != "nih":
+        return external_common.build_sample(rec, root, cfg.size, cfg.quality, cfg.dataset)
     gray = load_gray(root / "images" / rec.image)
     src_h, src_w = gray.shape
     jpg = encode_jpeg(gray, cfg.size, cfg.quality)
@@ -183,18 +197,21 @@ def write_one_shard(task: ShardTask, cfg: WriterConfig) -> dict[str, Any]:
 
 def plan_tasks(cfg: WriterConfig) -> list[ShardTask]:
     """All shards of all splits, in a fixed order (split order, then shard number)."""
-    plan = plan_splits(
-        Path(cfg.nih_root),
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-        scheme=cfg.split_scheme,
-        test_fraction=cfg.test_fraction,
-    )
+    if cfg.dataset != "nih":
+        splits = external.plan(cfg.dataset, Path(cfg.nih_root), views=cfg.views, uncertain=cfg.uncertain).splits
+    else:
+        splits = plan_splits(
+            Path(cfg.nih_root),
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            scheme=cfg.split_scheme,
+            test_fraction=cfg.test_fraction,
+        ).splits
     if cfg.samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be ≥ 1, got {cfg.samples_per_shard}")
     tasks = []
     for split in SPLITS:
-        recs = plan.splits[split]
+        recs = splits.get(split, [])
         for i, start in enumerate(range(0, len(recs), cfg.samples_per_shard)):
             tasks.append(ShardTask(split, i, tuple(recs[start : start + cfg.samples_per_shard])))
     return tasks
@@ -203,10 +220,18 @@ def plan_tasks(cfg: WriterConfig) -> list[ShardTask]:
 def dataset_header(cfg: WriterConfig) -> dict[str, Any]:
     """The ``_dataset.json`` content: writer config, its hash and the source CSVs' hashes."""
     root = Path(cfg.nih_root)
-    sources = {name: sha256_file(find_file(root, name)) for name in (DATA_ENTRY, BBOX_LIST)}
+    extra: dict[str, Any] = {}
+    if cfg.dataset != "nih":
+        plan = external.plan(cfg.dataset, root, views=cfg.views, uncertain=cfg.uncertain)
+        sources = {p.name: sha256_file(p) for p in plan.sources}
+        reasons = Counter(f["reason"] for f in plan.filtered)
+        filtered = {"count": len(plan.filtered), "by_reason": dict(sorted(reasons.items())), "list": FILTERED}
+        extra = {"dataset": cfg.dataset, "label_map": label_map_record(cfg.dataset), "filtered": filtered}
+    else:
+        sources = {name: sha256_file(find_file(root, name)) for name in (DATA_ENTRY, BBOX_LIST)}
     content = {"format_version": FORMAT_VERSION, "config": cfg.content_dict(), "sources": sources}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
-    return {**content, "config_hash": digest, "labels": list(LABELS)}
+    return {**content, "config_hash": digest, "labels": list(LABELS), **extra}
 
 
 def prepare_output(cfg: WriterConfig) -> dict[str, Any]:
@@ -229,6 +254,10 @@ def prepare_output(cfg: WriterConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         (out / split).mkdir(exist_ok=True)
+    if cfg.dataset != "nih":  # the rows the view filter and the release's own exclusions leave out, one a line
+        plan = external.plan(cfg.dataset, Path(cfg.nih_root), views=cfg.views, uncertain=cfg.uncertain)
+        lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in plan.filtered)
+        atomic_write_bytes(out / FILTERED, lines.encode())
     atomic_write_json(path, header)
     return header
 

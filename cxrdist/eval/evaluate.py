@@ -20,9 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrdist.data.external.common import label_masks
+from cxrdist.data.format import read_json
 from cxrdist.engine.checkpoint import load_model_weights
 from cxrdist.eval.boxes import boxes_from_heatmap, heatmap_to_image, scale_xywh
 from cxrdist.eval.classification import auroc_per_class
+from cxrdist.eval.external import masked_auroc
 from cxrdist.eval.figures import plot_heatmap_overlay, plot_roc
 from cxrdist.eval.localization import ORACLE, evaluate_localization
 from cxrdist.eval.predict import gather_to_main, run_inference
@@ -156,10 +159,18 @@ def evaluate_split(
         return None
     out.mkdir(parents=True, exist_ok=True)
     labels, logits = loader.reader.labels, placed["logits"]
-    np.savez(out / "predictions.npz", keys=np.array(loader.reader.keys), logits=logits, labels=labels)
-    auroc = auroc_per_class(labels, logits)
+    mask = label_masks(loader.reader)  # an external set's known labels (None: NIH, all known)
+    extra = {} if mask is None else {"label_mask": mask}
+    np.savez(out / "predictions.npz", keys=np.array(loader.reader.keys), logits=logits, labels=labels, **extra)
+    auroc = auroc_per_class(labels, logits) if mask is None else masked_auroc(labels, logits, mask)
     metrics: dict[str, Any] = {"split": split, "num_samples": len(labels), "auroc": auroc}
-    published = stage.published.get("auroc")
+    # Published numbers are NIH test numbers: never set beside another dataset's.
+    published = stage.published.get("auroc") if mask is None else None
+    prefix = "eval"
+    if mask is not None:
+        metrics["shards"] = str(loader.reader.root)
+        metrics["dataset"] = read_json(loader.reader.root / "_dataset.json").get("dataset", "?")
+        prefix = f"eval/external/{metrics['dataset']}"
     (out / "auroc.md").write_text(
         auroc_table_md({"ours": auroc}, {"published": dict(published)} if published else None) + "\n"
     )
@@ -172,10 +183,10 @@ def evaluate_split(
     headline = {f"{split}/auroc_mean": auroc["mean"]} | {f"{split}/auroc/{k}": v for k, v in auroc["per_class"].items()}
     if "localization" in metrics:  # fixed thresholds only: the oracle variant is never a headline
         headline |= {f"{split}/{k}": v for k, v in fixed_threshold_summary(metrics["localization"]).items()}
-    ctx.tracker.log(headline, step=0, prefix="eval")
-    ctx.tracker.log_images(images, step=0, prefix="eval")
+    ctx.tracker.log(headline, step=0, prefix=prefix)
+    ctx.tracker.log_images(images, step=0, prefix=prefix)
     ctx.tracker.log_table(
-        f"{split}/auroc",
+        f"{split}/auroc" if mask is None else f"external/{metrics['dataset']}/{split}/auroc",
         ["class", "auroc", "published"],
         [[n, auroc["per_class"][n], (published or {}).get(n)] for n in LABELS],
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from cxrdist.eval.external import external_section_md
 from cxrdist.eval.figures import plot_published_vs_ours
 from cxrdist.eval.localization import ORACLE
 from cxrdist.eval.tables import auroc_table_md
@@ -51,6 +52,10 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         path = find_metrics(run_dir, split)
         if path is not None:
             run["metrics"][split] = json.loads(path.read_text()) | {"path": str(path)}
+    run["external"] = {
+        p.parent.parent.name: json.loads(p.read_text())
+        for p in sorted((run_dir / "eval" / "external").glob("*/test/metrics.json"))
+    }
     if "test" not in run["metrics"]:
         raise FileNotFoundError(f"{run_dir}: no test metrics.json; run launch/evaluate.py {run_dir} first")
     return run
@@ -165,6 +170,9 @@ def run_section(run: dict[str, Any]) -> list[str]:
     ]
     lines += [f"- {w}" for w in auroc.get("warnings", [])]
     lines += ["", "### Localization (bbox)", "", *_loc_lines(run), ""]
+    if run.get("external"):  # launch/evaluate.py RUN --shards <external shard root>
+        lines += ["### External validation (test AUROC)", "", external_section_md(run["metrics"]["test"],
+                                                                                  run["external"]), ""]  # fmt: skip
     return lines
 
 

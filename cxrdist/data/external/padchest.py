@@ -1,0 +1,104 @@
+"""PadChest (Bustos et al. 2020) as distributed: the labels CSV and 16-bit PNGs in numbered folders.
+
+``ROOT`` holds ``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` (or its ``.gz``) and the images, either in
+the release's folders (``ROOT/<ImageDir>/<ImageID>``) or flat (``ROOT/<ImageID>``). ``Labels`` is a list literal of
+finding names (``['pleural effusion', 'cardiomegaly']``); they map to the NIH classes through
+``labelmap.PADCHEST_TERMS`` and are kept verbatim in each sample's JSON. PadChest has no official split: every image
+goes to ``test``. Frontal = ``Projection`` PA, AP or AP_horizontal (supine AP).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from cxrdist.data.external.common import ExternalPlan, ExternalRecord, check_views, find_source, read_csv
+from cxrdist.data.external.labelmap import PADCHEST_EXCLUDE, padchest_vector
+from cxrdist.data.format import DataError
+
+LABELS_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+COLUMNS = ("ImageID", "ImageDir", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM", "Projection", "Labels")
+FRONTAL = ("PA", "AP", "AP_horizontal")
+
+
+def parse_findings(cell: str, where: str) -> list[str] | None:
+    """A ``Labels`` cell → its findings, stripped and lower case (None for a blank/NaN cell)."""
+    text = cell.strip()
+    if not text or text.lower() == "nan":
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: column 'Labels': {cell!r} is not a list of finding names like ['normal']")
+    return [v.strip().lower() for v in value if v.strip()]
+
+
+def _age(birth: str, study_date: str) -> int | None:
+    try:
+        return int(study_date.strip()[:4]) - int(float(birth))
+    except ValueError:
+        return None
+
+
+def _image_path(root: Path, image_dir: str, image_id: str) -> str:
+    folder = image_dir.strip()
+    if folder and folder.lower() != "nan":
+        folder = str(int(float(folder))) if folder.replace(".", "", 1).isdigit() else folder
+        if (root / folder / image_id).is_file() or not (root / image_id).is_file():
+            return f"{folder}/{image_id}"
+    return image_id
+
+
+def plan(root: Path, *, views: str = "frontal", uncertain: str = "ignore") -> ExternalPlan:
+    """Read the labels CSV; blank ``Labels``, 'exclude'/'suboptimal study' and (by default) non-frontal images are
+    counted as filtered. ``uncertain`` does not apply (PadChest has no uncertain labels)."""
+    del uncertain
+    check_views(views)
+    path = find_source(root, LABELS_CSV)
+    rows = []
+    for line, row in read_csv(path, COLUMNS):
+        where = f"{path}: line {line}"
+        image_id = row["ImageID"].strip()
+        if not image_id.lower().endswith(".png") or "/" in image_id or "." in image_id[:-4]:
+            raise DataError(f"{where}: column 'ImageID': {image_id!r} is not a PadChest PNG name")
+        rows.append((where, image_id, row, parse_findings(row["Labels"], where)))
+    frontal = defaultdict(int)
+    for _, _, row, _ in rows:
+        frontal[row["StudyID"]] += row["Projection"].strip() in FRONTAL
+    recs, filtered, seen = [], [], set()
+    for where, image_id, row, findings in rows:
+        proj = row["Projection"].strip()
+        skip = None
+        if findings is None:
+            skip = "Labels blank"
+        elif any(f in PADCHEST_EXCLUDE for f in findings):
+            skip = f"labelled {', '.join(f for f in findings if f in PADCHEST_EXCLUDE)!r}"
+        elif views == "frontal" and proj not in FRONTAL:
+            lone = "" if frontal[row["StudyID"]] else "; its study has no frontal image"
+            skip = f"Projection {proj or '(blank)'} is not frontal (--views frontal){lone}"
+        if skip:
+            filtered.append({"row": f"{LABELS_CSV}: {image_id}", "reason": skip})
+            continue
+        if image_id in seen:
+            raise DataError(f"{where}: ImageID {image_id} listed twice")
+        seen.add(image_id)
+        recs.append(
+            ExternalRecord(
+                key=image_id[:-4],
+                image=_image_path(root, row["ImageDir"], image_id),
+                labels=padchest_vector(findings),
+                mask=np.ones(14, dtype=np.uint8),
+                patient_id=row["PatientID"].strip(),
+                view=proj,
+                study=row["StudyID"].strip(),
+                age=_age(row["PatientBirth"], row.get("StudyDate_DICOM", "")),
+                sex=row["PatientSex_DICOM"].strip(),
+                source_labels={"findings": findings},
+            )
+        )
+    return ExternalPlan(splits={"test": recs}, filtered=filtered, sources=[path])

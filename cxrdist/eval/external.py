@@ -1,0 +1,96 @@
+"""AUROC on an external set, over the classes it annotates, and the report's "external" section.
+
+An external shard root carries a per-sample label mask (``label_mask`` in each sample's JSON): 0 for a class the
+dataset does not annotate, and for an uncertain label under ``--uncertain ignore``. A class is scored on the samples
+whose mask is 1; a class no sample annotates is "not annotated" (None, named in ``not_annotated``) and, like a class
+with one label value, is left out of the mean. Nothing is a silent 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cxrdist.eval.classification import auroc_per_class
+from cxrdist.labels import LABELS
+
+
+def masked_auroc(
+    labels: np.ndarray, scores: np.ndarray, mask: np.ndarray, class_names: Sequence[str] = LABELS
+) -> dict[str, Any]:
+    """Per-class AUROC over the samples whose ``mask`` is 1, and the mean over the defined classes.
+
+    Returns :func:`~cxrdist.eval.classification.auroc_per_class`'s keys (``positives`` counts annotated samples
+    only) plus ``not_annotated`` (class names), ``annotated_samples`` {name: int} and ``masked`` True.
+    """
+    labels, scores, mask = np.asarray(labels), np.asarray(scores), np.asarray(mask)
+    if mask.shape != labels.shape:
+        raise ValueError(f"mask must have the labels' shape {labels.shape}, got {mask.shape}")
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"mask must be 0/1, found values {np.unique(mask)[:10].tolist()}")
+    per_class: dict[str, float | None] = {}
+    positives, counts, warnings, not_annotated = {}, {}, [], []
+    for c, name in enumerate(class_names):
+        keep = mask[:, c] == 1
+        counts[name] = int(keep.sum())
+        positives[name] = int(labels[keep, c].sum())
+        if not keep.any():
+            per_class[name] = None
+            not_annotated.append(name)
+            continue
+        one = auroc_per_class(labels[keep][:, [c]], scores[keep][:, [c]], [name])
+        per_class[name] = one["per_class"][name]
+        warnings += one["warnings"]
+    defined = [v for v in per_class.values() if v is not None]
+    return {
+        "per_class": per_class,
+        "mean": float(np.mean(defined)) if defined else None,
+        "num_defined": len(defined),
+        "positives": positives,
+        "num_samples": int(labels.shape[0]),
+        "warnings": warnings,
+        "not_annotated": not_annotated,
+        "annotated_samples": counts,
+        "masked": True,
+    }
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
+def external_section_md(nih: Mapping[str, Any] | None, external: Mapping[str, Mapping[str, Any]]) -> str:
+    """Markdown: NIH test vs each external set per class (AUROC), and each set's mean over its own classes.
+
+    ``nih``: the NIH test metrics.json (or None); ``external``: set name → its metrics.json. A class a set does
+    not annotate reads "n/a"; the "shared mean" row is each column's mean over the classes every listed external
+    set annotates (NIH included on the same classes), so the columns compare like with like.
+    """
+    names = list(external)
+    cols = (["NIH test"] if nih else []) + names
+    aurocs = ([nih["auroc"]] if nih else []) + [external[n]["auroc"] for n in names]
+    shared = [c for c in LABELS if all(c not in external[n]["auroc"].get("not_annotated", []) for n in names)]
+    lines = [
+        "| class | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for c in LABELS:
+        cells = []
+        for a in aurocs:
+            cells.append("n/a" if c in a.get("not_annotated", []) else _fmt(a["per_class"].get(c)))
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines.append("| **mean (own classes)** | " + " | ".join(_fmt(a["mean"]) for a in aurocs) + " |")
+    shared_means = []
+    for a in aurocs:
+        vals = [a["per_class"][c] for c in shared if a["per_class"].get(c) is not None]
+        shared_means.append(_fmt(float(np.mean(vals)) if vals else None))
+    lines.append(f"| **mean (shared {len(shared)})** | " + " | ".join(shared_means) + " |")
+    lines.append("")
+    lines.append(f"Shared classes: {', '.join(shared) or 'none'}. n/a: not annotated in that set (excluded).")
+    for n in names:
+        a = external[n]["auroc"]
+        extra = f"; not annotated: {', '.join(a['not_annotated'])}" if a.get("not_annotated") else ""
+        lines.append(f"- {n}: {a['num_samples']} images{extra} ({external[n].get('shards', '?')})")
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""External sets: each adapter writes, verifies and loads its phantom; label maps; bad rows; uncertainty policies."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrdist.data.external import labelmap, plan
+from cxrdist.data.external.common import load_gray, window16
+from cxrdist.data.format import DataError
+from cxrdist.data.phantom_external import make_external_phantom
+from cxrdist.data.reader import ShardReader
+from cxrdist.data.shard_cli import write_main
+from cxrdist.data.verify import verify_dataset
+from cxrdist.data.writer import WriterConfig, write_dataset
+from cxrdist.labels import LABEL_INDEX, LABELS
+
+DATASETS = ("chexpert", "mimic", "padchest")
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One small phantom of each release (read-only: copy before editing)."""
+    base = tmp_path_factory.mktemp("external")
+    out = {}
+    for ds in DATASETS:
+        make_external_phantom(base / ds, ds, patients=16, size=48, seed=1)
+        out[ds] = base / ds
+    return out
+
+
+def _write(root: Path, out: Path, ds: str, **kw) -> dict:
+    return write_dataset(WriterConfig(nih_root=str(root), out=str(out), size=32, samples_per_shard=8, dataset=ds, **kw),
+                         progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("ds", DATASETS)
+def test_adapter_writes_verifies_and_loads_its_phantom(phantoms: dict[str, Path], tmp_path: Path, ds: str):
+    summary = _write(phantoms[ds], tmp_path / "s", ds)
+    reports = verify_dataset(tmp_path / "s")  # checksums, every image decoded, patient-disjoint splits
+    header = json.loads((tmp_path / "s" / "_dataset.json").read_text())
+    assert header["dataset"] == ds and header["config"]["views"] == "frontal"
+    assert header["config"]["uncertain"] == "ignore"
+    assert summary["test"]["num_samples"] == reports["test"].samples > 0
+    filtered = [json.loads(x) for x in (tmp_path / "s" / "filtered.jsonl").read_text().splitlines()]
+    assert len(filtered) == header["filtered"]["count"] > 0  # every phantom has laterals: counted, not silent
+    reader = ShardReader(tmp_path / "s", "test")
+    annotated = labelmap.annotated_mask(ds)
+    for i in range(len(reader)):
+        meta = reader.meta(i)
+        mask = np.array(meta["label_mask"], dtype=np.uint8)
+        assert meta["dataset"] == ds and meta["view"] not in ("Lateral", "LATERAL", "L")
+        assert not (mask & ~annotated & 1).any()  # a class the set lacks is never "known"
+        assert not reader.labels[i][annotated == 0].any()
+        assert meta["labels"] == [LABELS[c] for c in np.flatnonzero(reader.labels[i])]
+        assert Image.open(io.BytesIO(reader.jpeg(i))).size == (32, 32)
+
+
+def test_label_map_against_the_names_the_manifests_record(phantoms: dict[str, Path], tmp_path: Path):
+    for ds in DATASETS:
+        _write(phantoms[ds], tmp_path / ds, ds)
+        rec = json.loads((tmp_path / ds / "_dataset.json").read_text())["label_map"]
+        assert rec["annotated"] == list(labelmap.annotated_classes(ds))
+        assert sorted(rec["annotated"] + rec["not_annotated"]) == sorted(LABELS)
+        names = set()
+        reader = ShardReader(tmp_path / ds, "test")
+        for i in range(len(reader)):
+            src = reader.meta(i)["source_labels"]
+            names |= set(src) if ds != "padchest" else set()
+            if ds == "padchest":  # every finding's classes are what the map says, and the .cls holds them
+                want = labelmap.padchest_vector(src["findings"])
+                assert (reader.labels[i] == want).all()
+        if ds != "padchest":
+            assert names <= set(rec["map"]) == set(labelmap.CHEXPERT_OBSERVATIONS)
+            assert {v for v in rec["map"].values() if v} == set(rec["annotated"])
+    assert labelmap.CHEXPERT_MAP["Pleural Effusion"] == "Effusion" and labelmap.CHEXPERT_MAP["Lung Lesion"] is None
+
+
+@pytest.mark.parametrize(
+    ("finding", "classes"),
+    [("pleural effusion", ["Effusion"]), ("loculated pleural effusion", ["Effusion"]), ("pericardial effusion", []),
+     ("pseudonodule", []), ("multiple nodules", ["Nodule"]), ("subcutaneous emphysema", []),
+     ("emphysema", ["Emphysema"]), (" Consolidation", ["Infiltration", "Consolidation"]), ("hiatal hernia", ["Hernia"]),
+     ("normal", []), ("aortic elongation", [])],
+)  # fmt: skip
+def test_padchest_terms(finding: str, classes: list[str]):
+    assert labelmap.padchest_classes(finding) == classes
+
+
+def test_uncertainty_policies():
+    values = {"Atelectasis": -1.0, "Pleural Effusion": 1.0, "Edema": None, "Lung Lesion": 1.0}
+    a, e, ed = LABEL_INDEX["Atelectasis"], LABEL_INDEX["Effusion"], LABEL_INDEX["Edema"]
+    lab, mask = labelmap.chexpert_vector(values, "ignore")
+    assert (lab[a], mask[a], lab[e], mask[e], lab[ed], mask[ed]) == (0, 0, 1, 1, 0, 1)  # blank = negative
+    assert mask[LABEL_INDEX["Mass"]] == 0 and lab.sum() == 1  # Lung Lesion maps to no class
+    assert labelmap.chexpert_vector(values, "zeros")[1][a] == 1 and labelmap.chexpert_vector(values, "zeros")[0][a] == 0
+    assert labelmap.chexpert_vector(values, "ones")[0][a] == 1
+    with pytest.raises(ValueError, match="uncertain policy 'maybe'"):
+        labelmap.chexpert_vector(values, "maybe")
+
+
+def test_uncertain_policy_is_recorded_and_changes_labels(phantoms: dict[str, Path]):
+    recs = {u: plan("mimic", phantoms["mimic"], uncertain=u).splits["test"] for u in labelmap.UNCERTAIN_POLICIES}
+    masks = {u: np.stack([r.mask for r in rs]) for u, rs in recs.items()}
+    labels = {u: np.stack([r.labels for r in rs]) for u, rs in recs.items()}
+    assert masks["ignore"].sum() < masks["zeros"].sum() == masks["ones"].sum()
+    assert (labels["zeros"] == labels["ignore"]).all() and labels["ones"].sum() > labels["zeros"].sum()
+    hashes = {WriterConfig(nih_root="r", out="o", dataset="mimic", uncertain=u).content_dict()["uncertain"]
+              for u in labelmap.UNCERTAIN_POLICIES}  # fmt: skip
+    assert len(hashes) == 3
+    assert "dataset" not in WriterConfig(nih_root="r", out="o").content_dict()  # NIH shard hashes unchanged
+
+
+def test_views_all_keeps_laterals(phantoms: dict[str, Path]):
+    front = plan("chexpert", phantoms["chexpert"])
+    every = plan("chexpert", phantoms["chexpert"], views="all")
+    n = sum(len(v) for v in front.splits.values())
+    assert sum(len(v) for v in every.splits.values()) == n + len(front.filtered) and not every.filtered
+
+
+def _edit_csv(path: Path, edit) -> None:
+    gz = path.suffix == ".gz"
+    text = gzip.decompress(path.read_bytes()).decode() if gz else path.read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    header = list(rows[0])
+    rows = edit(rows, header) or rows
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    path.write_bytes(gzip.compress(buf.getvalue().encode()) if gz else buf.getvalue().encode())
+
+
+def _set(col: str, value: str, line: int = 2):
+    def edit(rows, header):
+        rows[line - 2][col] = value
+
+    return edit
+
+
+def _drop_column(col: str):
+    def edit(rows, header):
+        header.remove(col)
+        for r in rows:
+            del r[col]
+
+    return edit
+
+
+PADCHEST_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
+BAD_ROWS = [
+    ("chexpert", "train.csv", _set("Edema", "2"), "train.csv: line 2: column 'Edema': value '2'; expected 1, 0, -1"),
+    ("chexpert", "valid.csv", _drop_column("Pleural Effusion"), "valid.csv: missing column(s) 'Pleural Effusion'"),
+    ("chexpert", "train.csv", _set("Path", "x/y.png"), "train.csv: line 2: column 'Path': 'x/y.png' is not"),
+    ("mimic", "mimic-cxr-2.0.0-split.csv.gz", _set("split", "holdout"), "column 'split': 'holdout'; expected train"),
+    ("mimic", "mimic-cxr-2.0.0-chexpert.csv.gz", _set("Pneumonia", "yes"), "column 'Pneumonia': value 'yes'"),
+    ("mimic", "mimic-cxr-2.0.0-metadata.csv.gz", _set("subject_id", "p1"), "column 'subject_id': 'p1' is not an"),
+    ("padchest", PADCHEST_CSV, _set("Labels", "pleural effusion"), "column 'Labels': 'pleural effusion' is not a list"),
+    ("padchest", PADCHEST_CSV, _drop_column("Projection"), "missing column(s) 'Projection'"),
+]
+
+
+@pytest.mark.parametrize(("ds", "name", "edit", "message"), BAD_ROWS, ids=[f"{b[0]}-{b[3][:28]}" for b in BAD_ROWS])
+def test_bad_rows_are_one_line_errors_naming_file_and_column(
+    phantoms: dict[str, Path], tmp_path: Path, capsys, ds, name, edit, message
+):
+    root = tmp_path / ds
+    shutil.copytree(phantoms[ds], root)
+    _edit_csv(root / name, edit)
+    out = tmp_path / "out"
+    code = write_main(["--dataset", ds, "--root", str(root), "--out", str(out), "--size", "32"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()  # refused before anything is created
+
+
+def test_missing_image_is_an_error_or_a_counted_skip(phantoms: dict[str, Path], tmp_path: Path, capsys):
+    root = tmp_path / "mimic"
+    shutil.copytree(phantoms["mimic"], root)
+    victim = plan("mimic", root).splits["test"][0]
+    (root / victim.image).unlink()
+    args = ["--dataset", "mimic", "--root", str(root), "--size", "32"]
+    assert write_main([*args, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert f"{victim.image}: image file missing" in err and len(err.strip().splitlines()) == 1
+    assert write_main([*args, "--out", str(tmp_path / "b"), "--skip-bad"]) == 0
+    skipped = [json.loads(x) for x in (tmp_path / "b" / "skipped.jsonl").read_text().splitlines()]
+    assert [s["key"] for s in skipped] == [victim.key]
+
+
+def test_lateral_only_study_is_a_counted_filter(phantoms: dict[str, Path], tmp_path: Path):
+    root = tmp_path / "chexpert"
+    shutil.copytree(phantoms["chexpert"], root)
+    study = next(r.study for r in plan("chexpert", root, views="all").splits["train"] if r.view == "Lateral")
+
+    def drop_frontal(rows, header):
+        return [r for r in rows if not (study + "/" in r["Path"] and r["Frontal/Lateral"] == "Frontal")]
+
+    _edit_csv(root / "train.csv", drop_frontal)
+    reasons = [f["reason"] for f in plan("chexpert", root).filtered if study in f["row"]]
+    assert reasons == ["lateral-only study: no frontal image (--views frontal)"]
+
+
+def test_window16_and_16bit_png(tmp_path: Path):
+    raw = np.linspace(1000, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    raw[0, 0] = 65535  # one burnt-in pixel does not darken the image
+    Image.fromarray(raw).save(tmp_path / "x.png")
+    gray = load_gray(tmp_path / "x.png")
+    assert gray.dtype == np.uint8 and gray.min() == 0 and gray.max() == 255
+    assert abs(float(np.median(gray)) - 127.5) < 2
+    assert (window16(np.full((4, 4), 7, np.uint16)) == 0).all()
+    with pytest.raises(DataError, match="image file missing"):
+        load_gray(tmp_path / "none.png")
