@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cxrdist.eval.classification import auroc_per_class
+from cxrdist.eval.delong import delong_auroc
 from cxrdist.labels import LABELS
 
 
@@ -23,7 +24,8 @@ def masked_auroc(
     """Per-class AUROC over the samples whose ``mask`` is 1, and the mean over the defined classes.
 
     Returns :func:`~cxrdist.eval.classification.auroc_per_class`'s keys (``positives`` counts annotated samples
-    only) plus ``not_annotated`` (class names), ``annotated_samples`` {name: int} and ``masked`` True.
+    only) plus ``not_annotated`` (class names), ``annotated_samples`` {name: int}, ``ci95`` {name: [low, high] or
+    None} (DeLong, on the annotated samples; external sets are small) and ``masked`` True.
     """
     labels, scores, mask = np.asarray(labels), np.asarray(scores), np.asarray(mask)
     if mask.shape != labels.shape:
@@ -31,11 +33,12 @@ def masked_auroc(
     if not np.isin(mask, (0, 1)).all():
         raise ValueError(f"mask must be 0/1, found values {np.unique(mask)[:10].tolist()}")
     per_class: dict[str, float | None] = {}
-    positives, counts, warnings, not_annotated = {}, {}, [], []
+    positives, counts, warnings, not_annotated, ci = {}, {}, [], [], {}
     for c, name in enumerate(class_names):
         keep = mask[:, c] == 1
         counts[name] = int(keep.sum())
         positives[name] = int(labels[keep, c].sum())
+        ci[name] = None
         if not keep.any():
             per_class[name] = None
             not_annotated.append(name)
@@ -43,6 +46,9 @@ def masked_auroc(
         one = auroc_per_class(labels[keep][:, [c]], scores[keep][:, [c]], [name])
         per_class[name] = one["per_class"][name]
         warnings += one["warnings"]
+        if per_class[name] is not None:
+            d = delong_auroc(labels[keep, c], scores[keep, c])
+            ci[name] = None if np.isnan(d.variance[0]) else [float(d.ci_low[0]), float(d.ci_high[0])]
     defined = [v for v in per_class.values() if v is not None]
     return {
         "per_class": per_class,
@@ -53,12 +59,15 @@ def masked_auroc(
         "warnings": warnings,
         "not_annotated": not_annotated,
         "annotated_samples": counts,
+        "ci95": ci,
         "masked": True,
     }
 
 
-def _fmt(v: float | None) -> str:
-    return "—" if v is None else f"{v:.4f}"
+def _fmt(v: float | None, ci: list[float] | None = None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.4f}" if not ci else f"{v:.4f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def external_section_md(nih: Mapping[str, Any] | None, external: Mapping[str, Mapping[str, Any]]) -> str:
@@ -79,7 +88,8 @@ def external_section_md(nih: Mapping[str, Any] | None, external: Mapping[str, Ma
     for c in LABELS:
         cells = []
         for a in aurocs:
-            cells.append("n/a" if c in a.get("not_annotated", []) else _fmt(a["per_class"].get(c)))
+            ci = (a.get("ci95") or {}).get(c)
+            cells.append("n/a" if c in a.get("not_annotated", []) else _fmt(a["per_class"].get(c), ci))
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     lines.append("| **mean (own classes)** | " + " | ".join(_fmt(a["mean"]) for a in aurocs) + " |")
     shared_means = []
@@ -88,7 +98,10 @@ def external_section_md(nih: Mapping[str, Any] | None, external: Mapping[str, Ma
         shared_means.append(_fmt(float(np.mean(vals)) if vals else None))
     lines.append(f"| **mean (shared {len(shared)})** | " + " | ".join(shared_means) + " |")
     lines.append("")
-    lines.append(f"Shared classes: {', '.join(shared) or 'none'}. n/a: not annotated in that set (excluded).")
+    lines.append(
+        f"Shared classes: {', '.join(shared) or 'none'}. n/a: not annotated in that set (excluded). "
+        "[low, high]: DeLong 95% interval on the set's annotated images."
+    )
     for n in names:
         a = external[n]["auroc"]
         extra = f"; not annotated: {', '.join(a['not_annotated'])}" if a.get("not_annotated") else ""

@@ -41,6 +41,8 @@ def test_masked_auroc_scores_known_labels_only():
     assert got["per_class"]["c"] is None and got["not_annotated"] == ["c"]
     assert got["mean"] == pytest.approx(np.mean([got["per_class"]["a"], got["per_class"]["b"]]))
     assert got["annotated_samples"] == {"a": 30, "b": 40, "c": 0}
+    lo, hi = got["ci95"]["a"]
+    assert lo < got["per_class"]["a"] < hi and got["ci95"]["c"] is None
     with pytest.raises(ValueError, match="mask must have the labels' shape"):
         masked_auroc(labels, scores, mask[:, :2], ["a", "b", "c"])
 
@@ -56,6 +58,8 @@ def test_external_section_marks_absent_classes_and_shared_mean():
                   [c for c in LABELS if c not in ("Effusion", "Edema")])  # fmt: skip
     md = external_section_md(nih, {"chexpert": ext})
     assert "| Hernia | 0.6000 | n/a |" in md and "| Effusion | 0.8000 | 0.7000 |" in md
+    ext["auroc"]["ci95"] = {"Edema": [0.5, 0.9]}
+    assert "| Edema | 0.8000 | 0.7000 [0.50, 0.90] |" in external_section_md(nih, {"chexpert": ext})
     assert "| **mean (shared 2)** | 0.8000 | 0.7000 |" in md
 
 
