@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cxrdist import rundir
+from cxrdist import rundir, wandb_run
 from cxrdist.prepare import prepare_run, warn_source_pixels
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def rank_session(
     setup_logging(run_dir, env.rank)
     torch.set_num_threads(dist.cpu_threads(env))
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # loader workers inherit it
-    box, tracker, ended = {"attempt": 0}, None, False
+    box, tracker, ended, end = {"attempt": 0}, None, False, ("preempted", None)
     try:
         with _errors_to_log(run_dir, env, box):  # (records the error before the teardown below hangs up peers)
             cfg = from_container(cfg_dict)
@@ -113,15 +113,18 @@ def rank_session(
                 group=cfg.method.name,
                 config=tracker_config,
                 attempt=box["attempt"],
+                tags=wandb_run.run_tags(cfg_dict, env.world_size),
+                job_type=wandb_run.job_type(role),
             )
             yield StageContext(cfg=cfg, run_dir=Path(run_dir), env=env, tracker=tracker)
-        ended = True
-    except Exception:
+        ended, end = True, ("finished", None)
+    except Exception as e:
         ended = True  # failed: this job is over (a requeue's SystemExit keeps the lock for the next attempt)
+        end = ("failed", f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
         raise
     finally:
         if tracker is not None:
-            tracker.finish()
+            tracker.finish(*end)  # a SystemExit/KeyboardInterrupt (requeue, cancel) ends it as preempted
         if ended and env.is_main and lock is not None:
             rundir.release_lock(run_dir, lock)
         dist.shutdown()

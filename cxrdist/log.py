@@ -4,13 +4,18 @@ W&B: the run id is created once and kept in ``RUN/wandb_id.txt`` so a requeued o
 the same run (group = method, name = run dir name). Every WANDB_* directory points inside ``RUN/wandb`` so
 nothing lands in $HOME. Offline unless the environment says otherwise (``WANDB_MODE=online``). W&B cannot
 append to an *offline* run: each job segment writes its own ``offline-run-*-<id>`` folder with the same id;
-sync them in order (``wandb sync RUN/wandb/wandb/offline-run-*``). Online runs resume with ``resume="allow"``.
+do not sync those, sync the one consolidated run of ``launch/wandb_sync.py`` (below). Online runs resume with
+``resume="allow"``.
 
 Every scalar row is also appended to ``RUN/logs/metrics.jsonl`` (rank 0), tagged with the job attempt that
 wrote it (``attempt``: the run dir's attempt counter, see rundir.py), and a W&B failure mid-run (its service
 process dies with the job's SIGTERM, a network error online) turns W&B off with one warning instead of
 killing training: the metrics go on in the JSON lines file. A requeued or resubmitted job logs again the steps
 it redoes; :func:`read_metrics` returns each step of each stage once, the latest attempt's values winning.
+What is not a scalar goes to ``RUN/logs/tracker.jsonl``: images (paths in the run dir, with their box overlays),
+tables, and how each attempt ended (finished, failed with its error, preempted). With those two files
+``cxrdist.wandb_sync`` rebuilds ONE consolidated W&B run of the run dir (``launch/wandb_sync.py``); tags, the
+best-value summaries and the run states are wandb_run.py's.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cxrdist import wandb_run
 
 logger = logging.getLogger(__name__)
 _FORMAT = "%(asctime)s %(levelname)s [rank%(rank)s] %(name)s: %(message)s"
@@ -88,14 +95,15 @@ class Tracker:
     def log(self, metrics: dict[str, Any], step: int, prefix: str = "run") -> None:
         """Log scalars at ``step`` of a stage (``prefix``: each stage counts its own steps)."""
 
-    def log_images(self, images: dict[str, str], step: int, prefix: str = "run") -> None:
-        """Log PNG files (name → path)."""
+    def log_images(self, images: dict[str, str | dict[str, Any]], step: int, prefix: str = "run") -> None:
+        """Log PNG files: name → path, or → ``{"path", "boxes", "class_labels"}`` for a box overlay (see
+        :func:`cxrdist.wandb_run.wandb_boxes`)."""
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         """Log a small table."""
 
-    def finish(self) -> None:
-        """Flush and close."""
+    def finish(self, state: str = "finished", error: str | None = None) -> None:
+        """Flush and close; ``state``: how this job ended (finished, failed with ``error``, preempted)."""
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -128,23 +136,35 @@ class WandbTracker(Tracker):
     """W&B run on rank 0 with a persisted id; every scalar row also goes to ``RUN/logs/metrics.jsonl``."""
 
     def __init__(
-        self, run_dir: Path, project: str, entity: str | None, group: str, config: dict[str, Any], attempt: int = 0
+        self,
+        run_dir: Path,
+        project: str,
+        entity: str | None,
+        group: str,
+        config: dict[str, Any],
+        attempt: int = 0,
+        tags: list[str] | None = None,
+        job_type: str = "train",
     ):
         self.attempt = attempt
+        self._run_dir = Path(run_dir)
         env = wandb_environment(run_dir)
         for k, v in env.items():
             if k != "WANDB_MODE":
                 Path(v).mkdir(parents=True, exist_ok=True)
             os.environ[k] = v
         os.environ.setdefault("WANDB_SILENT", "true")
-        import wandb
+        import wandb  # optional heavy dependency (logger=none runs without it)
 
         self.run_id = wandb_run_id(run_dir)
         self._wandb = wandb
         self._axes: set[str] = set()
+        self._summaries: set[str] = set()
+        self._best: dict[str, Any] = {}
         self._jsonl = Path(run_dir) / "logs" / "metrics.jsonl"
         self._jsonl.parent.mkdir(parents=True, exist_ok=True)
         self._jsonl_file = self._jsonl.open("a", buffering=1)  # line-buffered: each row is on disk at once
+        self._events = (self._jsonl.parent / "tracker.jsonl").open("a", buffering=1)
         self.run = wandb.init(
             project=project,
             entity=entity,
@@ -153,6 +173,8 @@ class WandbTracker(Tracker):
             id=self.run_id,
             resume="allow",
             config=config,
+            tags=tags,
+            job_type=job_type,
             dir=env["WANDB_DIR"],
             mode=env["WANDB_MODE"],
         )
@@ -175,9 +197,14 @@ class WandbTracker(Tracker):
             )
             self.run = None
 
-    def _append(self, row: dict[str, Any]) -> None:
+    def _append(self, row: dict[str, Any], file: Any = None) -> None:
         stamp = {"time": round(time.time(), 3), "attempt": self.attempt}
-        self._jsonl_file.write(json.dumps({**stamp, **row}, default=float) + "\n")
+        (file or self._jsonl_file).write(json.dumps({**stamp, **row}, default=float) + "\n")
+
+    def _relative(self, path: str) -> str:
+        p = Path(path).resolve()
+        root = self._run_dir.resolve()
+        return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
 
     def _step_key(self, prefix: str) -> str:
         # Each stage has its own step axis: W&B's own step must only grow, and stages restart at 0.
@@ -194,21 +221,31 @@ class WandbTracker(Tracker):
         row = {(k if k.startswith(f"{prefix}/") else f"{prefix}/{k}"): v for k, v in metrics.items() if v is not None}
         row[self._step_key(prefix)] = step
         self._append({**row, "wandb": self.run is not None})
+        self._call("define_metric", lambda: wandb_run.define_summaries(self.run, list(row), self._summaries))
         self._call("log", lambda: self.run.log(row))
+        best = wandb_run.update_best(self._best, row)
+        if best:
+            self._call("summary", lambda: self.run.summary.update(best))
 
-    def log_images(self, images: dict[str, str], step: int, prefix: str = "run") -> None:
+    def log_images(self, images: dict[str, str | dict[str, Any]], step: int, prefix: str = "run") -> None:
         key = self._step_key(prefix)
+        specs = {f"{prefix}/{k}": v if isinstance(v, dict) else {"path": v} for k, v in images.items()}
+        stored = {k: {**v, "path": self._relative(v["path"])} for k, v in specs.items()}
+        self._append({"kind": "images", "images": stored, key: step}, self._events)
         self._call(
             "log_images",
-            lambda: self.run.log({**{f"{prefix}/{k}": self._wandb.Image(v) for k, v in images.items()}, key: step}),
+            lambda: self.run.log({**{k: wandb_run.wandb_image(self._wandb, v) for k, v in specs.items()}, key: step}),
         )
 
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self._append({"kind": "table", "name": name, "columns": columns, "rows": rows}, self._events)
         self._call("log_table", lambda: self.run.log({name: self._wandb.Table(columns=columns, data=rows)}))
 
-    def finish(self) -> None:
-        self._call("finish", lambda: self.run.finish())
+    def finish(self, state: str = "finished", error: str | None = None) -> None:
+        self._append({"kind": "end", "state": state, "error": error}, self._events)
+        self._call("finish", lambda: wandb_run.end_run(self.run, state, error))
         self._jsonl_file.close()
+        self._events.close()
 
 
 def build_tracker(
@@ -221,13 +258,15 @@ def build_tracker(
     group: str = "",
     config: dict[str, Any] | None = None,
     attempt: int = 0,
+    tags: list[str] | None = None,
+    job_type: str = "train",
 ) -> Tracker:
     """W&B on rank 0 when ``backend == 'wandb'``, else a no-op tracker; ``attempt`` tags metrics.jsonl rows."""
     if backend not in ("wandb", "none"):
         raise ValueError(f"unknown logger {backend!r}; choose wandb or none")
     if backend == "none" or not is_main:
         return Tracker()
-    return WandbTracker(run_dir, project, entity, group, config or {}, attempt=attempt)
+    return WandbTracker(run_dir, project, entity, group, config or {}, attempt=attempt, tags=tags, job_type=job_type)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 Writes, per split, into ``<out>/<split>/``: ``metrics.json`` (every number and every protocol choice),
 ``predictions.npz`` (keys, logits, labels in split order), ``auroc.md`` and ``roc.png``; on ``bbox`` also
 ``heatmaps.npz`` (key, class, the heatmap exactly as the localization code received it) and
-``localization.md`` and ``heatmaps/*.png`` overlays. Heatmaps come from the method (``maps`` callable) in the
+``localization.md`` and ``heatmaps/*.png`` overlays (``heatmaps/boxes/*.png``: the same without drawn boxes, whose
+boxes go to the tracker as data: W&B box layers). Heatmaps come from the method (``maps`` callable) in the
 network-input frame; the eval crop is undone here by pasting the map into a full-image canvas at
 ``compare_size`` whose outside is the map's minimum (so it is 0 after min-max and yields no box).
 """
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from cxrdist.data.external.common import label_masks
 from cxrdist.data.format import read_json
 from cxrdist.engine.checkpoint import load_model_weights
+from cxrdist.eval.box_overlay import box_overlay
 from cxrdist.eval.boxes import boxes_from_heatmap, heatmap_to_image, scale_xywh
 from cxrdist.eval.classification import auroc_per_class
 from cxrdist.eval.external import masked_auroc
@@ -81,7 +83,7 @@ def _boxes(loader: BaseLoader) -> list[dict[str, Any]]:
 
 def _overlays(
     out: Path, loader: BaseLoader, heatmaps: dict, boxes: list[dict], compare: int, per_class: int, threshold: float
-) -> dict[str, str]:
+) -> dict[str, Any]:
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -99,11 +101,14 @@ def _overlays(
         path = out / f"{name}_{b['key']}.png"
         plot_heatmap_overlay(np.asarray(img), hm, gt, pred, path, title=f"{name} — {b['key']} (T={threshold:g})")
         written[f"heatmap/{name}/{b['key']}"] = str(path)
+        # the same example with its boxes as data: a tracker that draws boxes (W&B) shows them as layers
+        boxed = out / "boxes" / path.name
+        written[f"boxes/{name}/{b['key']}"] = box_overlay(np.asarray(img), hm, gt, pred, name, boxed)
         counts[name] += 1
     return written
 
 
-def _localize(maps: np.ndarray, loader: BaseLoader, ecfg: Any, out: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def _localize(maps: np.ndarray, loader: BaseLoader, ecfg: Any, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The localization protocols on the gathered maps; writes heatmaps.npz, localization.md and overlays."""
     boxes = _boxes(loader)
     heatmaps = uncrop_maps(maps, loader, ecfg.compare_size)
@@ -186,7 +191,7 @@ def evaluate_split(
     ctx.tracker.log(headline, step=0, prefix=prefix)
     ctx.tracker.log_images(images, step=0, prefix=prefix)
     ctx.tracker.log_table(
-        f"{split}/auroc" if mask is None else f"external/{metrics['dataset']}/{split}/auroc",
+        f"{prefix}/{split}/auroc",
         ["class", "auroc", "published"],
         [[n, auroc["per_class"][n], (published or {}).get(n)] for n in LABELS],
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxrdist import wandb_run, wandb_sync
 from cxrdist.engine.pipeline import read_done, run_stages
 from cxrdist.engine.stages import FunctionStage, StageContext, TrainStage
 from cxrdist.engine.trainer import NonFiniteLossError
@@ -75,6 +76,12 @@ def test_killed_two_rank_run_resumes_bit_identical(shard_root: Path, tmp_path: P
         return [{k: v for k, v in r.items() if k not in ("time", "attempt", "train/images_per_s")} for r in rows]
 
     assert stable(read_metrics(run)) == stable(read_metrics(tmp_path / "ref"))
+    # one consolidated W&B run: attempt 1 (SIGKILLed: preempted) and 2 (finished), every row once, in order
+    result = wandb_sync.consolidate(run)
+    assert [a["state"] for a in result.plan.attempts] == ["preempted", "finished"] and result.plan.state == "finished"
+    assert [wandb_run.step_axis(r) for r in result.plan.rows] == [wandb_run.step_axis(r) for r in read_metrics(run)]
+    assert [r["train/step"] for r in result.plan.rows] == [r["train/step"] for r in read_metrics(run)]
+    assert list((run / "wandb").rglob("offline-run-*")).count(result.folder) == 1
 
 
 def _one_step_weights(shards: Path, run_dir: Path, nproc: int, *extra: str) -> dict:

@@ -39,3 +39,6 @@ def test_submit_local_runs_every_stage(method: str, shard_root: Path, phantom_ro
     media = list((run / "wandb" / "wandb").glob("offline-run-*/files/media/images/*/**/*.png"))
     logged = {p.parts[p.parts.index("images") + 1] for p in media}
     assert prefixes <= logged, (prefixes, logged)
+    # the bbox split's heatmap examples carry their ground-truth and predicted boxes as W&B box layers
+    boxes = list((run / "wandb" / "wandb").glob("offline-run-*/files/media/metadata/boxes2D/eval/boxes/**/*.json"))
+    assert boxes and all(p.stat().st_size > 0 for p in boxes), boxes
