@@ -1,31 +1,42 @@
-"""Published vs ours: ``python launch/report.py RUN_DIR [RUN_DIR ...] [--out DIR]`` → report.md + report.png.
+"""Published vs ours, with intervals: ``python launch/report.py RUN_OR_SWEEP_DIR [...] [--baseline RUN] [--out DIR]``.
 
-Each RUN_DIR must be a run with test results (its final eval stage, or ``launch/evaluate.py``); a mistake is one
-line on stderr and exit status 2, before the output folder is created.
+Each argument is a run dir with test results (its final eval stage, or ``launch/evaluate.py``) or a folder of such
+run dirs (a sweep's, a folder of seeds). Several runs make a leaderboard (forest.png) and, with ``--baseline``,
+paired tests against that run. A mistake is one line on stderr and exit status 2, before the output folder is
+created.
 """
 
 import sys
 from pathlib import Path
 
 from cxrdist import cli
+from cxrdist.eval.leaderboard import find_runs
 from cxrdist.eval.report import load_run, write_report
+from cxrdist.eval.report_multi import pick_baseline
 from cxrdist.preflight import check_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     """Check the run dirs, then write and print the report."""
     p = cli.parser("report.py", __doc__)
-    p.add_argument("run_dirs", type=Path, nargs="+", help="run dirs to compare")
+    p.add_argument("run_dirs", type=Path, nargs="+", help="run dirs, or folders of run dirs, to report on")
     p.add_argument("--out", type=Path, help="output dir (default: the first run's report/)")
+    p.add_argument("--baseline", type=Path, help="run dir (one of the runs) the others are tested against")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples per interval")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = p.parse_args(argv)
     try:
-        for run in args.run_dirs:
-            load_run(check_run_dir(run, what="report on"))  # raises if the run has no test metrics
+        cli.check_positive(resamples=args.resamples)
+        dirs = find_runs(args.run_dirs)
+        runs = [load_run(check_run_dir(run, what="report on")) | {"label": str(run)} for run in dirs]
+        if args.baseline is not None:
+            pick_baseline(runs, args.baseline)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("report.py", e)
-    md = write_report(args.run_dirs, args.out or args.run_dirs[0] / "report")
+    out = args.out or dirs[0] / "report"
+    md = write_report(args.run_dirs, out, args.baseline, args.resamples, args.seed)
     print(md.read_text())
-    print(f"report written to {md} (and report.png beside it)")
+    print(f"report written to {md} (and its PNGs beside it)")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Final evaluation of a trained model: per-class AUROC on ``test``, the localization protocols on ``bbox``.
 
 Writes, per split, into ``<out>/<split>/``: ``metrics.json`` (every number and every protocol choice),
-``predictions.npz`` (keys, logits, labels in split order), ``auroc.md`` and ``roc.png``; on ``bbox`` also
+``predictions.npz`` (keys, logits, labels in split order, patient ids), ``auroc.md`` (NIH: with 95 % CIs) and
+``roc.png``; on ``bbox`` also
 ``heatmaps.npz`` (key, class, the heatmap exactly as the localization code received it) and
 ``localization.md`` and ``heatmaps/*.png`` overlays (``heatmaps/boxes/*.png``: the same without drawn boxes, whose
 boxes go to the tracker as data: W&B box layers). Heatmaps come from the method (``maps`` callable) in the
@@ -27,6 +28,7 @@ from cxrdist.engine.checkpoint import load_model_weights
 from cxrdist.eval.box_overlay import box_overlay
 from cxrdist.eval.boxes import boxes_from_heatmap, heatmap_to_image, scale_xywh
 from cxrdist.eval.classification import auroc_per_class
+from cxrdist.eval.compare import auroc_intervals, intervals_table_md, localization_intervals, patients_of
 from cxrdist.eval.external import masked_auroc
 from cxrdist.eval.figures import plot_heatmap_overlay, plot_roc
 from cxrdist.eval.localization import ORACLE, evaluate_localization
@@ -163,40 +165,67 @@ def evaluate_split(
     if placed is None:
         return None
     out.mkdir(parents=True, exist_ok=True)
-    labels, logits = loader.reader.labels, placed["logits"]
+    labels, logits, keys = loader.reader.labels, placed["logits"], list(loader.reader.keys)
     mask = label_masks(loader.reader)  # an external set's known labels (None: NIH, all known)
-    extra = {} if mask is None else {"label_mask": mask}
-    np.savez(out / "predictions.npz", keys=np.array(loader.reader.keys), logits=logits, labels=labels, **extra)
+    saved = _patient_ids(loader)  # for the patient-clustered intervals (report, compare)
+    extra = ({} if mask is None else {"label_mask": mask}) | ({} if saved is None else {"patient_ids": saved})
+    np.savez(out / "predictions.npz", keys=np.array(keys), logits=logits, labels=labels, **extra)
     auroc = auroc_per_class(labels, logits) if mask is None else masked_auroc(labels, logits, mask)
     metrics: dict[str, Any] = {"split": split, "num_samples": len(labels), "auroc": auroc}
     # Published numbers are NIH test numbers: never set beside another dataset's.
     published = stage.published.get("auroc") if mask is None else None
     prefix = "eval"
+    pids, how = patients_of(keys, saved)
     if mask is not None:
         metrics["shards"] = str(loader.reader.root)
         metrics["dataset"] = read_json(loader.reader.root / "_dataset.json").get("dataset", "?")
         prefix = f"eval/external/{metrics['dataset']}"
-    (out / "auroc.md").write_text(
-        auroc_table_md({"ours": auroc}, {"published": dict(published)} if published else None) + "\n"
-    )
+        (out / "auroc.md").write_text(auroc_table_md({"ours": auroc}) + "\n")
+    else:
+        metrics["intervals"] = auroc_intervals(labels, logits, pids) | {"patients": how}
+        (out / "auroc.md").write_text(intervals_table_md(metrics["intervals"], published) + "\n")
     plot_roc(labels, logits, out / "roc.png")
     images = {f"{split}/roc": str(out / "roc.png")}
     if split == "bbox":
         metrics["localization"], overlays = _localize(placed["maps"], loader, ecfg, out)
+        metrics["localization_intervals"] = localization_intervals(metrics["localization"], dict(zip(keys, pids)))
         images |= overlays
     _write_json(out / "metrics.json", metrics)
-    headline = {f"{split}/auroc_mean": auroc["mean"]} | {f"{split}/auroc/{k}": v for k, v in auroc["per_class"].items()}
-    if "localization" in metrics:  # fixed thresholds only: the oracle variant is never a headline
-        headline |= {f"{split}/{k}": v for k, v in fixed_threshold_summary(metrics["localization"]).items()}
-    ctx.tracker.log(headline, step=0, prefix=prefix)
+    ctx.tracker.log(_headline(split, metrics), step=0, prefix=prefix)
     ctx.tracker.log_images(images, step=0, prefix=prefix)
-    ctx.tracker.log_table(
-        f"{prefix}/{split}/auroc",
-        ["class", "auroc", "published"],
-        [[n, auroc["per_class"][n], (published or {}).get(n)] for n in LABELS],
-    )
+    ctx.tracker.log_table(f"{prefix}/{split}/auroc", *_auroc_table(metrics, published))
     logger.info("%s: mean AUROC %s over %d samples → %s", split, auroc["mean"], len(labels), out)
     return metrics
+
+
+def _patient_ids(loader: BaseLoader) -> np.ndarray | None:
+    """Each sample's patient id from its shard metadata; None if any sample has none (older or external shards)."""
+    ids = [loader.reader.meta(i).get("patient_id") for i in range(len(loader.reader))]
+    return None if any(i is None for i in ids) else np.asarray(ids)
+
+
+def _headline(split: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalars logged for a split: mean AUROC (with its CI on NIH), per class, fixed-threshold localization."""
+    auroc = metrics["auroc"]
+    out = {f"{split}/auroc_mean": auroc["mean"]} | {f"{split}/auroc/{k}": v for k, v in auroc["per_class"].items()}
+    if "intervals" in metrics:
+        lo, hi = metrics["intervals"]["mean"]["bootstrap"]
+        out |= {f"{split}/auroc_mean_ci_low": lo, f"{split}/auroc_mean_ci_high": hi}
+    if "localization" in metrics:  # fixed thresholds only: the oracle variant is never a headline
+        out |= {f"{split}/{k}": v for k, v in fixed_threshold_summary(metrics["localization"]).items()}
+    return out
+
+
+def _auroc_table(metrics: dict[str, Any], published: Any) -> tuple[list[str], list[list[Any]]]:
+    """The W&B table of a split: per class AUROC, positives, patient-bootstrap and DeLong CIs (NIH), published."""
+    if "intervals" not in metrics:
+        per_class = metrics["auroc"]["per_class"]
+        return ["class", "auroc", "published"], [[n, per_class.get(n), (published or {}).get(n)] for n in LABELS]
+    iv = metrics["intervals"]
+    columns = ["class", "positives", "auroc", "ci_low", "ci_high", "delong_low", "delong_high", "published"]
+    rows = [[n, r["positives"], r["auroc"], *r["bootstrap"], *r["delong"], (published or {}).get(n)]
+            for n, r in iv["per_class"].items()]  # fmt: skip
+    return columns, rows + [["Mean", None, iv["mean"]["auroc"], *iv["mean"]["bootstrap"], None, None, None]]
 
 
 def fixed_threshold_summary(loc: dict[str, Any]) -> dict[str, float | None]:

@@ -20,9 +20,12 @@ from typing import Any
 
 import yaml
 
+from cxrdist.eval.compare import NUM_RESAMPLES, SEED, _fci, inside, intervals_table_md
 from cxrdist.eval.external import external_section_md
 from cxrdist.eval.figures import plot_published_vs_ours
+from cxrdist.eval.leaderboard import attach_intervals, find_runs, group_runs, run_labels
 from cxrdist.eval.localization import ORACLE
+from cxrdist.eval.report_multi import multi_run_lines, roc_band_lines
 from cxrdist.eval.tables import auroc_table_md
 from cxrdist.labels import LABELS
 
@@ -48,6 +51,7 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     scheme = writer.get("split_scheme", "official") if writer else "?"
     run = {"dir": run_dir, "name": run_dir.name, "cfg": cfg, "scheme": scheme, "metrics": {}}
     run["stored_size"] = writer.get("size", "?")
+    run["phantom"] = bool(writer.get("nih_root")) and (Path(writer["nih_root"]) / "phantom.json").is_file()
     for split in ("test", "bbox"):
         path = find_metrics(run_dir, split)
         if path is not None:
@@ -79,9 +83,10 @@ def applies(published_loc: dict[str, Any], method_cfg: dict[str, Any]) -> list[s
     return walk(published_loc.get("applies_to") or {}, method_cfg, "method")
 
 
-def _loc_rows(bbox: dict[str, Any], pub: dict[str, Any] | None) -> list[str]:
-    """kim2021 and fang2021 rows: fixed thresholds with the published number (if any) beside them, then the oracle."""
-    pub = pub or {}
+def _loc_rows(bbox: dict[str, Any], pub: dict[str, Any] | None, cis: dict[str, Any] | None = None) -> list[str]:
+    """kim2021 and fang2021 rows: fixed thresholds with the published number (if any) beside them, then the oracle;
+    ``cis`` (:func:`~cxrdist.eval.compare.localization_intervals`) adds the headline figure's patient-bootstrap CI."""
+    pub, cis = pub or {}, cis or {}
     rows = []
     for name, res, published in (("kim", bbox["kim"], pub.get("kim", {})), ("fang", bbox["fang"], None)):
         for variant in sorted(res, key=lambda v: (v == ORACLE, 0.0 if v == ORACLE else float(v))):  # oracle last
@@ -92,7 +97,10 @@ def _loc_rows(bbox: dict[str, Any], pub: dict[str, Any] | None) -> list[str]:
                 p = None if oracle else (published.get(t) if name == "kim" else pub.get("fang_iou"))
                 what = f"kim2021 acc@IoU>{t}" if name == "kim" else "fang2021 best-box IoU"
                 cells = f"{_f(s['mean_over_classes'])} | {_f(s['mean_over_boxes'])}"
-                rows.append(f"| {what} | {label} | {cells} | {'—' if oracle else _f(p)} |")
+                ci = cis.get(variant, {}).get(f"kim_acc_iou>{t}" if name == "kim" else "fang_iou")
+                ci_cell = _fci(ci["ci"]) if ci else "—"
+                hit = inside(p, ci["ci"]) if ci else "—"
+                rows.append(f"| {what} | {label} | {cells} | {ci_cell} | {hit} | {'—' if oracle else _f(p)} |")
     return rows
 
 
@@ -103,11 +111,14 @@ def _loc_lines(run: dict[str, Any]) -> list[str]:
     pub = run["cfg"]["method"]["published"].get("localization", {})
     differs = applies(pub, run["cfg"]["method"]) if pub else []
     lines = [
-        "| protocol | binarisation | ours (mean over classes) | ours (mean over boxes) | published |",
-        "|---|---|---|---|---|",
-        *_loc_rows(bbox, None if differs else pub),
+        "| protocol | binarisation | ours (mean over classes) | ours (mean over boxes) | 95% CI (headline) | "
+        "published inside CI? | published |",
+        "|---|---|---|---|---|---|---|",
+        *_loc_rows(bbox, None if differs else pub, run.get("loc_intervals")),
         "",
         f"- {ORACLE_NOTE}",
+        "- 95% CI: patient-clustered bootstrap of the headline figure (kim2021: mean over classes; fang2021: mean "
+        "over boxes); '—' where the run has no saved predictions to find the patients, and for the oracle.",
     ]
     if pub.get("note"):
         lines.append(f"- Published: {pub['note']}")
@@ -162,12 +173,14 @@ def run_section(run: dict[str, Any]) -> list[str]:
     ]
     if pub.get("split") and pub.get("split") != run["scheme"]:
         lines.append(f"- **Splits differ** (paper: {pub['split']}, ours: {run['scheme']}): compare with care.")
-    lines += [
-        "",
-        "### AUROC (test)",
-        "",
-        auroc_table_md({"ours": auroc}, {"published": pub["auroc"]} if pub.get("auroc") else None),
-    ]
+    lines += ["", "### AUROC (test)", ""]
+    if run.get("intervals"):
+        lines += [intervals_table_md(run["intervals"], pub.get("auroc")), f"- {run['intervals']['patients']}."]
+    else:
+        lines += [
+            auroc_table_md({"ours": auroc}, {"published": pub["auroc"]} if pub.get("auroc") else None),
+            "- No predictions.npz beside the metrics: no intervals (re-run launch/evaluate.py on this run).",
+        ]
     lines += [f"- {w}" for w in auroc.get("warnings", [])]
     lines += ["", "### Localization (bbox)", "", *_loc_lines(run), ""]
     if run.get("external"):  # launch/evaluate.py RUN --shards <external shard root>
@@ -176,20 +189,31 @@ def run_section(run: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(run_dirs: list[Path], out: Path) -> Path:
-    """Write ``out/report.md`` and ``out/report.png`` for the given runs; return the Markdown path."""
-    runs = [load_run(Path(r)) for r in run_dirs]
+def load_runs(paths: list[Path], num_resamples: int = NUM_RESAMPLES, seed: int = SEED) -> list[dict[str, Any]]:
+    """Every run under ``paths`` (run dirs or folders of them), labelled by its path, with its intervals."""
+    dirs = find_runs(paths)
+    runs = [load_run(d) for d in dirs]
+    for run, label in zip(runs, run_labels(dirs)):
+        run["name"] = run["label"] = label
+        attach_intervals(run, num_resamples, seed)
+    return runs
+
+
+def write_report(
+    run_dirs: list[Path], out: Path, baseline: Path | None = None, num_resamples: int = NUM_RESAMPLES,
+    seed: int = SEED,
+) -> Path:  # fmt: skip
+    """Write ``out/report.md`` and ``out/report.png`` for the given runs (or folders of runs: a leaderboard with a
+    forest plot when there are several, paired tests against ``baseline``); return the Markdown path."""
+    runs = load_runs(list(run_dirs), num_resamples, seed)
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# cxrdist report", ""]
-    if len(runs) > 1:
-        lines += [
-            "## Side by side (test AUROC)",
-            "",
-            auroc_table_md({r["name"]: r["metrics"]["test"]["auroc"] for r in runs}),
-            "",
-        ]
+    phantom = " — PHANTOM data (synthetic images, not ChestX-ray14: no number here compares with a paper)"
+    lines = ["# cxrdist report" + (phantom if any(r["phantom"] for r in runs) else ""), ""]
+    if len(runs) > 1 or baseline is not None:
+        lines += multi_run_lines(runs, out, baseline, num_resamples, seed)
+    firsts = {id(g["runs"][0]) for g in group_runs(runs)}  # ROC bands: one figure per method entry (seconds each)
     for r in runs:
-        lines += run_section(r)
+        lines += run_section(r) + (roc_band_lines(r, out, seed=seed) if id(r) in firsts else [])
     rows: dict[str, dict[str, float | None]] = {}
     for r in runs:
         pub = r["cfg"]["method"].get("published", {}).get("auroc")
