@@ -44,8 +44,12 @@ def find_runs(paths: Sequence[Path]) -> list[Path]:
         found = sorted(c.parent for c in path.glob("*/config.yaml")) + sorted(
             c.parent for c in path.glob("*/*/config.yaml")
         )
-        if not path.is_dir() or not found:
-            raise FileNotFoundError(f"{path}: neither a run dir (no config.yaml) nor a folder of run dirs")
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such run dir; give a run dir or a folder of run dirs (a sweep's)")
+        if not found:
+            raise FileNotFoundError(
+                f"{path}: not a cxrdist run dir (no config.yaml) nor a folder of run dirs; give a run dir or a sweep's"
+            )
         out += found
     seen: set[Path] = set()
     return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]

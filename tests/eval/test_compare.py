@@ -111,8 +111,10 @@ def test_find_runs_and_labels(tmp_path: Path, shards: Path):
     b = _fake_run(tmp_path / "y" / "s0", shards, "chexnet", 1, 1.0)
     assert find_runs([tmp_path / "x", b, a]) == [a, b]  # a folder of runs, a run dir, a duplicate dropped
     assert run_labels([a, b]) == ["x/s0", "y/s0"]
-    with pytest.raises(FileNotFoundError, match="neither a run dir"):
+    with pytest.raises(FileNotFoundError, match="no such run dir"):
         find_runs([tmp_path / "empty"])
+    with pytest.raises(FileNotFoundError, match="not a cxrdist run dir"):
+        find_runs([tmp_path / "x" / "s0" / "eval"])
 
 
 def test_patients_from_saved_ids_nih_names_or_images():
