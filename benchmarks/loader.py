@@ -12,7 +12,13 @@ reaped child, i.e. a DataLoader worker; forked workers share the parent's pages,
 One warm-up batch is excluded from the timing, then ``--epochs`` epochs are timed (the loaders' per-epoch
 start-up — workers forked / DALI pipeline built — included). Loaders are interleaved ``--repeat`` times; medians.
 
-Goal: (a) ≥ 10× (c) on this machine.
+(d) is the bare limit of one core for the same work (``benchmarks/bare.py``: read at the ``.idx`` offset, PIL
+decode, crop-resize in one PIL call, flip, numpy normalise to 3 channels, one thread, no framework) and (e) the
+reads + decode alone, both measured in the same run. Per core: a loader's img/s divided by its workers / DALI
+threads (the cores it was given), and img per CPU-second (this process + its reaped children: steadier than wall
+time on a shared machine).
+
+Goals: (a) ≥ 10× (c); (a) and (b) ≥ 0.9 × (d) per core.
 Run: ``.venv/bin/python benchmarks/loader.py [--num-images 400] [--size 1024] [--shard-size 256] [--workers 2]``
 """
 
@@ -33,7 +39,14 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GOAL = 10.0
-KINDS = {"c": "baseline: PNG + PIL + DataLoader", "a": "DALI loader (CPU), shards", "b": "torch loader, shards"}
+GOAL_BARE = 0.9
+KINDS = {
+    "c": "baseline: PNG + PIL + DataLoader",
+    "a": "DALI loader (CPU), shards",
+    "b": "torch loader, shards",
+    "d": "bare loop, 1 thread (limit)",
+    "e": "reads + decode alone, 1 thread",
+}
 TRAIN_OPS = [{"op": "resize", "size": 256}, {"op": "random_resized_crop", "size": 224}, {"op": "hflip"}]
 
 
@@ -105,6 +118,9 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     kib = 1.0 / 1024.0
     children_at_start = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib  # `import torch` forks ldconfig
+    if args.child in ("d", "e"):
+        print(json.dumps(_bare_child(args) | {"rss_children_at_start_mib": children_at_start}))
+        return
     if args.child == "c":
         loader = _baseline_loader(args, ShardReader(args.shards, "train").keys)
     else:
@@ -112,6 +128,7 @@ def child(args: argparse.Namespace) -> None:
                           normalize="imagenet", channels=3, workers=args.workers)  # fmt: skip
         backend = "dali" if args.child == "a" else "torch"
         loader = build_loader(backend, spec, device=torch.device("cpu"), dali_threads=args.workers)
+    cpu0 = _cpu_seconds()  # CPU from here counts the warm-up batch too (its workers are reaped with the epoch's)
     it = iter(loader)
     first = next(it)
     shape = tuple((first["image"] if isinstance(first, dict) else first[0]).shape)
@@ -121,10 +138,34 @@ def child(args: argparse.Namespace) -> None:
             images += len(batch["image"] if isinstance(batch, dict) else batch[0])
     dt = time.perf_counter() - t0
     print(json.dumps({
-        "images": images, "seconds": dt, "shape": shape, "rss_children_at_start_mib": children_at_start,
+        "images": images, "seconds": dt, "cpu_seconds": (_cpu_seconds() - cpu0) * images / (images + shape[0]),
+        "shape": shape, "rss_children_at_start_mib": children_at_start,
         "rss_self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
         "rss_children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib,
     }))  # fmt: skip
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (DataLoader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _bare_child(args: argparse.Namespace) -> dict:
+    """(d) or (e) in this process on one thread (``benchmarks/bare.py``)."""
+    from benchmarks.bare import bare_loop, decode_only
+    from cxrdist.data.reader import ShardReader
+
+    reader = ShardReader(args.shards, "train")
+    src = (args.shard_size, args.shard_size)
+    r = (
+        bare_loop(reader, TRAIN_OPS, src, args.min_seconds)
+        if args.child == "d"
+        else decode_only(reader, args.min_seconds)
+    )
+    kib = 1.0 / 1024.0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return r | {"shape": [3, 224, 224], "rss_self_mib": usage.ru_maxrss * kib, "rss_children_mib": 0.0}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loader run")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per loader (medians reported)")
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="(d), (e): time at least this long")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/cxrdist-bench"), help="phantom + shard cache")
     parser.add_argument("--child", choices=sorted(KINDS), help=argparse.SUPPRESS)
     parser.add_argument("--phantom", type=Path, help=argparse.SUPPRESS)
@@ -157,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         f"epochs after 1 warm-up batch; baseline reads {args.size}² PNGs, shards hold {args.shard_size}² JPEGs"
     )
     common = ["--batch", str(args.batch), "--workers", str(args.workers), "--epochs", str(args.epochs)]
+    common += ["--shard-size", str(args.shard_size), "--min-seconds", str(args.min_seconds)]
     common += ["--phantom", str(phantom), "--shards", str(shards)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     runs: dict[str, list[dict]] = {k: [] for k in KINDS}
@@ -172,21 +215,40 @@ def main(argv: list[str] | None = None) -> None:
             runs[kind].append(r)
         print(f"  repeat {rep + 1}: " + ", ".join(f"({k}) {v[-1]['rate']:.1f} img/s" for k, v in runs.items() if v))
 
+    report(runs, args.workers)
+
+
+def report(runs: dict[str, list[dict]], workers: int) -> None:
+    """The table (medians over repeats), per-core figures against (d), and the goals."""
     med = {k: statistics.median(r["rate"] for r in v) if v else float("nan") for k, v in runs.items()}
-    print(f"\n{'loader':36s} {'img/s (median)':>14s} {'min':>8s} {'max':>8s} {'vs (c)':>7s} "
-          f"{'peak RSS self':>14s} {'largest child':>14s}")  # fmt: skip
+    cores = {k: (1 if k in ("d", "e") else workers) for k in runs}
+    per_core = {k: med[k] / cores[k] for k in runs}
+    per_cpu = {k: statistics.median(r["images"] / r["cpu_seconds"] for r in v) if v else float("nan")
+               for k, v in runs.items()}  # fmt: skip
+    print(f"\n{'loader':36s} {'img/s (median)':>14s} {'min':>8s} {'max':>8s} {'vs (c)':>7s} {'/core':>7s} "
+          f"{'vs (d)':>7s} {'img/CPU-s':>9s} {'vs (d)':>7s} {'peak RSS self':>14s} {'largest child':>14s}")  # fmt: skip
     for k, v in runs.items():
         if not v:
             continue
         rates = [r["rate"] for r in v]
         rss_s, rss_c = max(r["rss_self_mib"] for r in v), max(r["rss_children_mib"] for r in v)
         print(f"({k}) {KINDS[k]:32s} {med[k]:14.1f} {min(rates):8.1f} {max(rates):8.1f} {med[k] / med['c']:7.2f} "
+              f"{per_core[k]:7.1f} {per_core[k] / per_core['d']:7.2f} "
+              f"{per_cpu[k]:9.1f} {per_cpu[k] / per_cpu['d']:7.2f} "
               f"{rss_s:10.0f} MiB {rss_c:10.0f} MiB")  # fmt: skip
     floor = max((r["rss_children_at_start_mib"] for v in runs.values() for r in v), default=0.0)
     print(f"largest child: ru_maxrss of the biggest reaped child; {floor:.0f} MiB of it is already there before the "
           "loader starts (`ldconfig -p`, forked by `import torch` from the grown parent)")  # fmt: skip
+    print(f"/core: img/s over the cores given (loaders: {workers} workers/threads; (d), (e): 1); img/CPU-s: images "
+          "per CPU-second of the process and its reaped children")  # fmt: skip
     ratio = med["a"] / med["c"]
     print(f"\ngoal: (a) DALI >= {GOAL:.0f}x (c) baseline -> {ratio:.2f}x {'MET' if ratio >= GOAL else 'MISSED'}")
+    for k in ("a", "b"):
+        r = per_core[k] / per_core["d"]
+        print(
+            f"goal: ({k}) per core >= {GOAL_BARE}x (d) -> {r:.2f}x {'MET' if r >= GOAL_BARE else 'MISSED'} "
+            f"(per CPU-second: {per_cpu[k] / per_cpu['d']:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""benchmarks/loader.py (d)/(e), benchmarks/feed.py and benchmarks/gpu.py stay working (tiny runs, seconds).
+
+Their timings are printed, never asserted (speed targets live in the benchmarks, not in timed tests); what is
+asserted is that each figure is produced and that the bare loop (d) does the loaders' work (same output).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _module(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m benchmarks.<name> ...`` from the repository root."""
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=True)
+
+
+def test_bare_loop_and_decode_children(shard_root: Path):
+    """(d) checks its output against the torch loader's path before timing; (e) times the decode alone."""
+    common = ["--shards", str(shard_root), "--shard-size", "64", "--min-seconds", "0.05"]
+    d = json.loads(_module("loader", "--child", "d", *common).stdout.strip().splitlines()[-1])
+    e = json.loads(_module("loader", "--child", "e", *common).stdout.strip().splitlines()[-1])
+    assert d["images"] > 0 and e["images"] > 0 and d["cpu_seconds"] > 0
+    assert 0 <= d["grey_diff"] <= 3.0 and d["shape"] == [3, 224, 224]
+
+
+def test_feed_rate_benchmark(shard_root: Path):
+    out = _module("feed", "--shards", str(shard_root), "--batch", "4", "--min-seconds", "0.05", "--repeat", "1")
+    assert "(f) torch path" in out.stdout and "(g) DALI path" in out.stdout and "goal: >= 5000" in out.stdout
+    assert "windows (geometry)" in out.stdout
