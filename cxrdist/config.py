@@ -48,7 +48,11 @@ class EngineConfig:
 
     strategy: str = "ddp"  # ddp | deepspeed
     zero_stage: int = 0  # deepspeed only: 0, 1, 2
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
+    precision: str = "auto"  # auto: bf16 autocast on a CUDA device with bf16 units, else fp32 | fp32 | bf16
+    # auto: NHWC for a convolutional model on CUDA | true | false (engine/accel.py)
+    channels_last: str = "auto"
+    # torch.compile: false until measured on the target GPU | auto (CUDA with Triton) | true | a torch.compile mode
+    compile: str = "false"
     max_batch_per_rank: int = 64  # memory cap per rank; gradient accumulation makes up the global batch
     grad_clip: float | None = None
     # BatchNorm over every rank's micro-batch (SyncBatchNorm on CUDA, an all-reduce BatchNorm on CPU/gloo) when more

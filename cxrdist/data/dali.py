@@ -57,15 +57,14 @@ class DaliLoader(BaseLoader):
 
         def next_batch():
             indices, positions = next(it)  # StopIteration ends the DALI epoch
-            jpegs, anchors, shapes, flips, idx = [], [], [], [], []
-            for i, p in zip(indices.tolist(), positions.tolist()):
-                g = self.geometry(i, p, epoch)
-                jpegs.append(np.frombuffer(self.reader.jpeg(i), dtype=np.uint8))
-                anchors.append(np.array([g.x0, g.y0], dtype=np.int32))
-                shapes.append(np.array([g.w, g.h], dtype=np.int32))
-                flips.append(np.array(int(g.flip), dtype=np.int32))
-                idx.append(np.array([i], dtype=np.int64))
-            return jpegs, anchors, shapes, flips, idx
+            ids = indices.tolist()
+            jpegs = [np.frombuffer(self.reader.jpeg(i), dtype=np.uint8) for i in ids]
+            geoms = [self.geometry(i, p, epoch) for i, p in zip(ids, positions.tolist())]
+            # Dense (batch, ...) arrays, one per output: DALI takes each as a whole batch (no per-sample arrays)
+            anchors = np.array([(g.x0, g.y0) for g in geoms], dtype=np.int32)
+            shapes = np.array([(g.w, g.h) for g in geoms], dtype=np.int32)
+            flips = np.array([g.flip for g in geoms], dtype=np.int32)
+            return jpegs, anchors, shapes, flips, indices.astype(np.int64).reshape(-1, 1)
 
         return next_batch
 

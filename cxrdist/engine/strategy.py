@@ -1,9 +1,9 @@
 """DDP and DeepSpeed behind one small interface: wrap, autocast, backward, step, save, load, unwrap.
 
-Precision ``auto`` is bf16 autocast on CUDA and fp32 on the CPU (DeepSpeed refuses fp16 on the CPU and bf16
-is ~8× slower on CPUs without bf16 units). Gradient accumulation: the loss of each micro-batch is divided by
-the accumulation steps and the optimizer steps on the last one; DDP skips the gradient all-reduce on the
-others (``no_sync``); DeepSpeed does the same through its own ``gradient_accumulation_steps``.
+Precision ``auto`` is bf16 autocast on a CUDA device with bf16 units and fp32 elsewhere; channels_last and
+torch.compile are chosen the same way (:mod:`cxrdist.engine.accel`). Gradient accumulation: the loss of each
+micro-batch is divided by the accumulation steps and the optimizer steps on the last one; DDP skips the gradient
+all-reduce on the others (``no_sync``); DeepSpeed does the same through its own ``gradient_accumulation_steps``.
 
 BatchNorm: with ``sync_bn`` and more than one rank, both strategies synchronise every BatchNorm across ranks before
 wrapping (:mod:`cxrdist.engine.syncbn`); :meth:`Strategy.batchnorm_record` says over how many images it normalises.
@@ -23,21 +23,11 @@ import torch
 from torch import nn
 
 from cxrdist.dist import DistEnv
+from cxrdist.engine.accel import FastPath, apply_fast_path, resolve_fast_path, resolve_precision
 from cxrdist.engine.syncbn import batchnorm_images, convert_sync_batchnorm, count_batchnorms
 
 logger = logging.getLogger(__name__)
 STRATEGIES = ("ddp", "deepspeed")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: None for fp32."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    raise ValueError(f"engine.precision {precision!r}: choose auto, fp32 or bf16 (fp16 is not supported)")
 
 
 class Strategy(ABC):
@@ -53,12 +43,16 @@ class Strategy(ABC):
         grad_clip: float | None = None,
         zero_stage: int = 0,
         sync_bn: bool = False,
+        channels_last: object = "false",
+        compile: object = "false",
     ):
         self.env, self.accum, self.micro_batch = env, accum, micro_batch
         self.sync_bn, self.batchnorms, self.synced_bn = sync_bn, 0, False
         self.device = env.device
         self.dtype = resolve_precision(precision, self.device)
         self.grad_clip, self.zero_stage = grad_clip, zero_stage
+        self._fast_cfg = {"precision": precision, "channels_last": channels_last, "compile": compile}
+        self.fast: FastPath | None = None  # set by wrap (channels_last depends on the model)
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._micro = 0
@@ -68,6 +62,11 @@ class Strategy(ABC):
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _fast_path(self, model: nn.Module) -> nn.Module:
+        """channels_last / compile of ``engine`` for this model (:mod:`cxrdist.engine.accel`), before wrapping."""
+        self.fast = resolve_fast_path(self.device, model, **self._fast_cfg)
+        return apply_fast_path(model, self.fast)
 
     @property
     def at_boundary(self) -> bool:
@@ -112,7 +111,7 @@ class DDPStrategy(Strategy):
     """torch DistributedDataParallel (or the bare module for one process)."""
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        model = self._sync_batchnorm(model.to(self.device))
+        model = self._fast_path(self._sync_batchnorm(model.to(self.device)))
         if self.env.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -179,7 +178,7 @@ class DeepSpeedStrategy(Strategy):
             "wall_clock_breakdown": False,
         }
         _ensure_process_group(self.env)
-        model = self._sync_batchnorm(model)
+        model = self._fast_path(self._sync_batchnorm(model))
         engine, opt, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=config, dist_init_required=False
         )

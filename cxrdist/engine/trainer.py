@@ -85,6 +85,8 @@ class Trainer:
             grad_clip=cfg.engine.grad_clip,
             zero_stage=cfg.engine.zero_stage,
             sync_bn=cfg.engine.sync_bn,
+            channels_last=cfg.engine.channels_last,
+            compile=cfg.engine.compile,
         )
         self.strategy.wrap(model, self.optimizer)
         self.batchnorm = self.strategy.batchnorm_record(self.recipe.global_batch)
@@ -104,6 +106,7 @@ class Trainer:
                 self.accum,
                 len(self.train_loader) // self.accum,
             )
+            logger.info("%s: %s on %s", stage.name, self.strategy.fast.describe(), env.device)
             log_batchnorm(stage.name, self.batchnorm, env.world_size, self.micro, self.accum)
 
     # --- checkpoints -----------------------------------------------------------------------------------------

@@ -33,3 +33,13 @@ def test_feed_rate_benchmark(shard_root: Path):
     out = _module("feed", "--shards", str(shard_root), "--batch", "4", "--min-seconds", "0.05", "--repeat", "1")
     assert "(f) torch path" in out.stdout and "(g) DALI path" in out.stdout and "goal: >= 5000" in out.stdout
     assert "windows (geometry)" in out.stdout
+
+
+def test_gpu_benchmark_tiny_cpu_mode(shard_root: Path):
+    """benchmarks/gpu.py --tiny runs every section on the CPU (compile left out); the figures are not checked."""
+    out = json.loads(_module("gpu", "--tiny", "--shards", str(shard_root)).stdout.strip().splitlines()[-1])
+    assert out["decode"] > 0 and set(out["loader"]) == {"dali", "torch"}
+    assert set(out["model"]) == {"fp32", "bf16", "bf16+channels_last"}
+    assert {b: t["fast_path"] for b, t in out["trainer"].items()} == {"dali": "fp32, NCHW, eager",
+                                                                       "torch": "fp32, NCHW, eager"}  # fmt: skip
+    assert all(t["vs_model"] > 0 for t in out["trainer"].values())
