@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cxrdist import cli
 from cxrdist.data.external import DATASETS
-from cxrdist.data.external.common import VIEW_FILTERS
+from cxrdist.data.external.common import VIEW_FILTERS, WINDOWS_16BIT
 from cxrdist.data.external.labelmap import UNCERTAIN_POLICIES
 from cxrdist.data.nih import SPLIT_SCHEMES, DataError
 from cxrdist.data.verify import format_report, verify_dataset
@@ -32,6 +32,12 @@ def writer_parser(prog: str = "write.py") -> argparse.ArgumentParser:
         choices=UNCERTAIN_POLICIES,
         default="ignore",
         help="CheXpert/MIMIC uncertain (-1) labels: ignore (masked), zeros or ones (U-Ignore/U-Zeros/U-Ones)",
+    )
+    p.add_argument(
+        "--window16",
+        choices=WINDOWS_16BIT,
+        default="max",
+        help="16-bit PNGs (PadChest): v/max·255 (the NIH writer's rule) or the 0.5–99.5th percentile window",
     )
     p.add_argument("--out", required=True, type=Path, help="output shard root")
     p.add_argument("--size", type=int, default=512, help="stored image side in pixels; 0 keeps the original")
@@ -91,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> WriterConfig:
         dataset=args.dataset,
         views=args.views,
         uncertain=args.uncertain,
+        window16=args.window16,
         out=str(args.out),
         size=args.size,
         quality=args.quality,

@@ -63,12 +63,13 @@ class WriterConfig:
     dataset: str = "nih"
     views: str = "frontal"
     uncertain: str = "ignore"
+    window16: str = "max"
 
     def content_dict(self) -> dict[str, Any]:
         """The fields that change what is written (paths, workers and skip policy excluded)."""
         skip = {"nih_root", "out", "workers", "skip_bad"}
         if self.dataset == "nih":
-            skip |= {"dataset", "views", "uncertain"}
+            skip |= {"dataset", "views", "uncertain", "window16"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
@@ -104,7 +105,7 @@ def encode_jpeg(gray: np.ndarray, size: int, quality: int) -> bytes:
 def build_sample(rec: Record, root: Path, cfg: WriterConfig) -> dict[str, bytes]:
     """Read, resize and encode one image; return its tar members."""
     if cfg.dataset != "nih":
-        return external_common.build_sample(rec, root, cfg.size, cfg.quality, cfg.dataset)
+        return external_common.build_sample(rec, root, cfg.size, cfg.quality, cfg.dataset, cfg.window16)
     gray = load_gray(root / "images" / rec.image)
     src_h, src_w = gray.shape
     jpg = encode_jpeg(gray, cfg.size, cfg.quality)

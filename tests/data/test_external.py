@@ -16,6 +16,7 @@ from PIL import Image
 from cxrdist.data.external import labelmap, plan
 from cxrdist.data.external.common import load_gray, window16
 from cxrdist.data.format import DataError
+from cxrdist.data.images import gray_from_pil
 from cxrdist.data.phantom_external import make_external_phantom
 from cxrdist.data.reader import ShardReader
 from cxrdist.data.shard_cli import write_main
@@ -209,13 +210,25 @@ def test_lateral_only_study_is_a_counted_filter(phantoms: dict[str, Path], tmp_p
     assert reasons == ["lateral-only study: no frontal image (--views frontal)"]
 
 
-def test_window16_and_16bit_png(tmp_path: Path):
+def test_16bit_png_by_max_or_percentile_window(tmp_path: Path):
     raw = np.linspace(1000, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)
-    raw[0, 0] = 65535  # one burnt-in pixel does not darken the image
+    raw[0, 0] = 65535  # one burnt-in pixel
     Image.fromarray(raw).save(tmp_path / "x.png")
-    gray = load_gray(tmp_path / "x.png")
+    with Image.open(tmp_path / "x.png") as im:
+        assert (load_gray(tmp_path / "x.png") == gray_from_pil(im)).all()  # default: the NIH writer's rule
+    gray = load_gray(tmp_path / "x.png", "percentile")  # the burnt-in pixel does not darken the image
     assert gray.dtype == np.uint8 and gray.min() == 0 and gray.max() == 255
     assert abs(float(np.median(gray)) - 127.5) < 2
     assert (window16(np.full((4, 4), 7, np.uint16)) == 0).all()
     with pytest.raises(DataError, match="image file missing"):
         load_gray(tmp_path / "none.png")
+
+
+def test_window_choice_is_part_of_the_writer_config(phantoms: dict[str, Path], tmp_path: Path):
+    hashes = set()
+    for w in ("max", "percentile"):
+        _write(phantoms["padchest"], tmp_path / w, "padchest", window16=w)
+        hashes.add(json.loads((tmp_path / w / "_dataset.json").read_text())["config_hash"])
+    assert len(hashes) == 2
+    a, b = (ShardReader(tmp_path / w, "test") for w in ("max", "percentile"))
+    assert a.keys == b.keys and a.jpeg(0) != b.jpeg(0)
