@@ -99,8 +99,11 @@ class Tracker:
         """Log PNG files: name → path, or → ``{"path", "boxes", "class_labels"}`` for a box overlay (see
         :func:`cxrdist.wandb_run.wandb_boxes`)."""
 
-    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
-        """Log a small table."""
+    def log_table(
+        self, name: str, columns: list[str], rows: list[list[Any]], line: tuple[str, str, str] | None = None
+    ) -> None:
+        """Log a small table of plain values; ``line=(x, y, stroke)`` draws it as a line chart, one line per
+        ``stroke`` value."""
 
     def finish(self, state: str = "finished", error: str | None = None) -> None:
         """Flush and close; ``state``: how this job ended (finished, failed with ``error``, preempted)."""
@@ -237,9 +240,12 @@ class WandbTracker(Tracker):
             lambda: self.run.log({**{k: wandb_run.wandb_image(self._wandb, v) for k, v in specs.items()}, key: step}),
         )
 
-    def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self._append({"kind": "table", "name": name, "columns": columns, "rows": rows}, self._events)
-        self._call("log_table", lambda: self.run.log({name: self._wandb.Table(columns=columns, data=rows)}))
+    def log_table(
+        self, name: str, columns: list[str], rows: list[list[Any]], line: tuple[str, str, str] | None = None
+    ) -> None:
+        spec = {"columns": columns, "rows": rows, "line": line}
+        self._append({"kind": "table", "name": name, **spec}, self._events)
+        self._call("log_table", lambda: self.run.log({name: wandb_run.wandb_table(self._wandb, name, spec)}))
 
     def finish(self, state: str = "finished", error: str | None = None) -> None:
         self._append({"kind": "end", "state": state, "error": error}, self._events)

@@ -137,6 +137,17 @@ def wandb_image(wandb: Any, spec: dict[str, Any]) -> Any:
     return wandb.Image(spec["path"], boxes=boxes) if boxes else wandb.Image(spec["path"])
 
 
+def wandb_table(wandb: Any, name: str, spec: dict[str, Any]) -> Any:
+    """A ``wandb.Table`` of a stored table spec (``columns``, ``rows``), or with ``spec["line"] = (x, y,
+    stroke)`` W&B's line chart of it (one line per stroke value). Cells are plain values: an offline W&B run
+    stores an image cell as the string "Image" (wandb 0.31), so images are logged as images, not in tables."""
+    table = wandb.Table(columns=spec["columns"], data=spec["rows"])
+    if spec.get("line"):
+        x, y, stroke = spec["line"]
+        return wandb.plot.line(table, x, y, stroke=stroke, title=name)
+    return table
+
+
 def end_run(run: Any, state: str, error: str | None = None) -> None:
     """End a W&B run in ``state`` (finished, failed, preempted, running) with the error line in its summary.
 

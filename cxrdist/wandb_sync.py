@@ -161,7 +161,7 @@ def plan(run_dir: str | Path) -> Plan:
     events = _jsonl(run_dir / "logs" / "tracker.jsonl")
     attempts = attempt_states(run_dir, events)
     rows, missing = _history(run_dir, events)
-    tables = {e["name"]: {"columns": e["columns"], "rows": e["rows"]} for e in events if e.get("kind") == "table"}
+    tables = {e["name"]: {k: e.get(k) for k in ("columns", "rows", "line")} for e in events if e.get("kind") == "table"}
     last = attempts[-1] if attempts else {"state": "preempted", "error": None}
     return Plan(
         run_id=(run_dir / "wandb_id.txt").read_text().strip(),
@@ -228,8 +228,8 @@ def _build(run_dir: Path, p: Plan, build_dir: Path) -> None:
         columns = ["attempt", "role", "state", "error", "slurm_job_id", "slurm_restart_count", "world_size", "started"]
         tables = {"cxrdist/attempts": {"columns": columns, "rows": [[a[c] for c in columns] for a in p.attempts]}}
         tables |= p.tables
-        run.log({name: wandb.Table(columns=t["columns"], data=t["rows"]) for name, t in tables.items()})
-        run.summary.update(best | {"cxrdist/attempts": len(p.attempts)})
+        run.log({name: wandb_run.wandb_table(wandb, name, t) for name, t in tables.items()})
+        run.summary.update(best | {"cxrdist/num_attempts": len(p.attempts)})
         if p.missing:
             run.summary["cxrdist/missing_media"] = p.missing
         wandb_run.end_run(run, p.state, p.error)

@@ -14,6 +14,7 @@ import pytest
 from cxrdist import rundir, wandb_sync
 from cxrdist.config import compose, save_config
 from cxrdist.eval.box_overlay import box_overlay
+from cxrdist.eval.tracker_tables import BBOX_COLUMNS, ROC_COLUMNS, bbox_image_rows, roc_points
 from cxrdist.labels import LABEL_INDEX
 from cxrdist.log import build_tracker, read_metrics
 
@@ -60,7 +61,7 @@ def train_segment(tracker, steps: range, val_steps: dict[int, tuple[float, float
             tracker.log({"val/val_auroc": auroc, "val/val_loss": loss, "epoch": s // 2 - 1}, step=s, prefix="classify")
 
 
-def evaluation(run: Path, tracker, auroc: float, image: Path) -> None:
+def evaluation(run: Path, tracker, auroc: float, image: Path) -> tuple[list, list]:
     tracker.log({"test/auroc_mean": auroc, "bbox/acc_iou0.3_T60": auroc / 2}, step=0, prefix="eval")
     spec = box_overlay(
         np.full((32, 32), 128, np.uint8),
@@ -72,6 +73,13 @@ def evaluation(run: Path, tracker, auroc: float, image: Path) -> None:
     )
     tracker.log_images({"boxes/Mass/k1": spec}, step=0, prefix="eval")
     tracker.log_table("eval/test/auroc", ["class", "auroc"], [["Mass", auroc]])
+    labels, logits = np.eye(2, 14)[[0, 1, 0, 1]], np.arange(56.0).reshape(4, 14) * [[1], [2], [1], [3]]
+    roc = roc_points(labels, logits)
+    tracker.log_table("eval/test/roc_curve", ROC_COLUMNS, roc, line=("fpr", "tpr", "class"))
+    per_box = {"key": ["k1"], "class_idx": [4], "best_iou": {"60": [0.25]}}
+    rows = bbox_image_rows(["k1", "k2"], labels[:2], logits[:2], per_box, "60", {"k1": "eval/boxes/Mass/k1"})
+    tracker.log_table("eval/bbox/images", BBOX_COLUMNS, rows)
+    return roc, rows
 
 
 def test_requeued_twice_then_evaluated_twice_is_one_run_with_every_row_once(tmp_path: Path, monkeypatch):
@@ -86,7 +94,7 @@ def test_requeued_twice_then_evaluated_twice_is_one_run_with_every_row_once(tmp_
     t.finish()
     for auroc in (0.70, 0.71):  # evaluated twice: the second evaluation's numbers win
         _, t = attempt(run, role="an evaluation")
-        evaluation(run, t, auroc, run / "eval" / "bbox" / "heatmaps" / "boxes" / "Mass_k1.png")
+        roc, rows = evaluation(run, t, auroc, run / "eval" / "bbox" / "heatmaps" / "boxes" / "Mass_k1.png")
         t.finish()
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -113,13 +121,22 @@ def test_requeued_twice_then_evaluated_twice_is_one_run_with_every_row_once(tmp_
     assert s["classify/val/val_auroc"]["max"] == 0.75 and s["classify/val/val_loss"]["min"] == 0.5
     assert s["classify/best/val_auroc"] == 0.75 and s["classify/best/val_auroc_epoch"] == 1
     assert s["classify/best/val_loss"] == 0.5 and s["classify/best/val_loss_epoch"] == 2
-    assert s["cxrdist/attempts"] == 5 and s["cxrdist/state"] == "finished"
+    assert s["cxrdist/num_attempts"] == 5 and s["cxrdist/state"] == "finished"
     image = s["eval/boxes/Mass/k1"]
     assert set(image["boxes"]) == {"ground_truth", "predictions"}
     boxes = json.loads((result.folder / "files" / image["boxes"]["ground_truth"]["path"]).read_text())
     assert boxes["box_data"][0]["position"] == {"minX": 2.0, "maxX": 10.0, "minY": 3.0, "maxY": 12.0}
     assert boxes["class_labels"] == {str(LABEL_INDEX["Mass"] + 1): "Mass"}
     assert "tags" in summary and "method:chexnet" in summary["tags"]
+    table = lambda key: json.loads((result.folder / "files" / s[key]["path"]).read_text())  # noqa: E731
+    assert table("cxrdist/attempts")["data"][0][:3] == [1, "a training job", "preempted"]
+    assert [r[2] for r in table("cxrdist/attempts")["data"]] == ["preempted"] * 2 + ["finished"] * 3
+    assert table("eval/test/roc_curve_table")["data"] == roc  # the ROC points, drawn by W&B as one line per class
+    charts = [r for r in records if r["type"] == "config" and "visualize" in json.dumps(r)]
+    assert charts and '"eval/test/roc_curve"' in json.dumps(charts[-1])
+    images = table("eval/bbox/images")["data"]
+    assert images == [["k1", "Atelectasis", rows[0][2], "Mass 0.250", "eval/boxes/Mass/k1"], rows[1]]
+    assert rows[0][2] == "Hernia 1.000, Pleural_Thickening 1.000, Fibrosis 1.000" and rows[1][3:] == ["", ""]
 
     again = wandb_sync.consolidate(run)  # nothing new: nothing built, the same folder
     assert not again.built and again.folder == result.folder

@@ -34,6 +34,7 @@ from cxrdist.eval.figures import plot_heatmap_overlay, plot_roc
 from cxrdist.eval.localization import ORACLE, evaluate_localization
 from cxrdist.eval.predict import gather_to_main, run_inference
 from cxrdist.eval.tables import auroc_table_md, localization_table_md
+from cxrdist.eval.tracker_tables import BBOX_COLUMNS, ROC_COLUMNS, bbox_image_rows, roc_points
 from cxrdist.labels import BOX_CLASSES, LABELS
 
 if TYPE_CHECKING:
@@ -194,6 +195,14 @@ def evaluate_split(
     ctx.tracker.log(_headline(split, metrics), step=0, prefix=prefix)
     ctx.tracker.log_images(images, step=0, prefix=prefix)
     ctx.tracker.log_table(f"{prefix}/{split}/auroc", *_auroc_table(metrics, published))
+    ctx.tracker.log_table(
+        f"{prefix}/{split}/roc_curve", ROC_COLUMNS, roc_points(labels, logits), line=ROC_COLUMNS[1:] + ROC_COLUMNS[:1]
+    )
+    if "localization" in metrics:
+        by_key = {k.rsplit("/", 1)[-1]: f"{prefix}/{k}" for k in images if k.startswith("boxes/")}
+        first = f"{float(ecfg.thresholds[0]):g}"  # the key format of the localization results
+        rows = bbox_image_rows(keys, labels, logits, metrics["localization"]["per_box"], first, by_key)
+        ctx.tracker.log_table(f"{prefix}/{split}/images", BBOX_COLUMNS, rows)
     logger.info("%s: mean AUROC %s over %d samples → %s", split, auroc["mean"], len(labels), out)
     return metrics
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "methods"))
 from test_local_cluster import Cluster, cluster  # noqa: E402,F401  (the module-scoped cluster fixture)
 from tiny_methods import diseasemask_overrides, lungheart_overrides  # noqa: E402
 
+from cxrdist import wandb_sync  # noqa: E402
 from cxrdist.engine.checkpoint import FAULT_ENV  # noqa: E402
 from cxrdist.launcher import submit, submit_sharding, wait_results  # noqa: E402
 from cxrdist.log import read_metrics  # noqa: E402
@@ -128,6 +129,21 @@ def test_two_node_training_and_requeue(cluster: Cluster, reference: Path, shard_
     again = submit(_args(shard_root, run))
     again["job"].results()
     assert (run / "logs" / "rank0.log").read_text().count("stage train: start") == 2
+    # ONE consolidated W&B run (read back with wandb's reader): the requeued attempt preempted, every row once.
+    result = wandb_sync.consolidate(run)
+    assert [a["state"] for a in result.plan.attempts] == ["preempted", "finished", "finished"]
+    inspect = [sys.executable, "-m", "wandb", "leet", "inspect", "--json"]
+    summary = json.loads(subprocess.run([*inspect, "--summary", str(result.folder)], capture_output=True,
+                                        text=True, check=True).stdout)  # fmt: skip
+    assert summary["state"] == "finished" and summary["run_id"] == rid
+    records = subprocess.run([*inspect, str(result.folder)], capture_output=True, text=True, check=True).stdout
+    history = [json.loads(line)["history"]["item"] for line in records.splitlines() if '"type":"history"' in line]
+    steps = [(h.get("train/step"), h.get("eval/step")) for h in history if "train/step" in h or "eval/step" in h]
+    assert steps[: len(read_metrics(run))] == [(r.get("train/step"), r.get("eval/step")) for r in read_metrics(run)]
+    assert [h["train/loss"] for h in history if "train/loss" in h] == [
+        r["train/loss"] for r in read_metrics(run) if "train/loss" in r
+    ]
+    assert list((run / "wandb").rglob("offline-run-*")).count(result.folder) == 1
 
 
 def test_requeue_inside_a_save_and_a_second_submission(
