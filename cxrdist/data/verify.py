@@ -73,6 +73,9 @@ def _check_sample(key: str, members: dict[str, bytes], where: str, rep: SplitRep
         raise DataError(f"{where}: sample {key}: json names key {meta['key']!r}")
     if [LABELS[i] for i in np.flatnonzero(labels)] != meta["labels"]:
         raise DataError(f"{where}: sample {key}: .cls and .json labels disagree")
+    mask = meta.get("label_mask")  # external sets: a positive label is always a known one
+    if mask is not None and (len(mask) != NUM_LABELS or any(lab and not m for lab, m in zip(labels, mask))):
+        raise DataError(f"{where}: sample {key}: label_mask {mask} does not cover the positive labels")
     rep.label_counts += labels
     for b in meta["boxes"]:
         rep.box_counts[b["class"]] += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import shutil
@@ -63,6 +64,34 @@ def test_adapter_writes_verifies_and_loads_its_phantom(phantoms: dict[str, Path]
         assert not reader.labels[i][annotated == 0].any()
         assert meta["labels"] == [LABELS[c] for c in np.flatnonzero(reader.labels[i])]
         assert Image.open(io.BytesIO(reader.jpeg(i))).size == (32, 32)
+
+
+def test_verify_names_a_mask_that_hides_a_positive(phantoms: dict[str, Path], tmp_path: Path):
+    import tarfile
+
+    _write(phantoms["chexpert"], tmp_path / "s", "chexpert")
+    tar_path = next((tmp_path / "s" / "test").glob("*.tar"))
+    with tarfile.open(tar_path) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    key = next(m.name[:-4] for m, data in members if m.name.endswith(".cls") and any(data))
+    bad = []
+    for m, data in members:
+        if m.name == f"{key}.json":
+            meta = json.loads(data)
+            meta["label_mask"] = [0] * 14
+            data = json.dumps(meta, sort_keys=True).encode().ljust(len(data))  # same size: offsets stay valid
+        bad.append((m, data))
+    with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as t:
+        for m, data in bad:
+            t.addfile(m, io.BytesIO(data))
+    info_path = tmp_path / "s" / "test" / "_info.json"
+    info = json.loads(info_path.read_text())  # the checksum is made to match: the sample check must catch it
+    for sh in info["shards"]:
+        if sh["shard"] == tar_path.name:
+            sh["sha256"] = hashlib.sha256(tar_path.read_bytes()).hexdigest()
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(DataError, match=f"sample {key}: label_mask .* does not cover the positive labels"):
+        verify_dataset(tmp_path / "s")
 
 
 def test_label_map_against_the_names_the_manifests_record(phantoms: dict[str, Path], tmp_path: Path):
@@ -195,6 +224,14 @@ def test_missing_image_is_an_error_or_a_counted_skip(phantoms: dict[str, Path], 
     assert write_main([*args, "--out", str(tmp_path / "b"), "--skip-bad"]) == 0
     skipped = [json.loads(x) for x in (tmp_path / "b" / "skipped.jsonl").read_text().splitlines()]
     assert [s["key"] for s in skipped] == [victim.key]
+
+
+def test_padchest_row_without_findings_is_a_counted_filter(phantoms: dict[str, Path], tmp_path: Path):
+    root = tmp_path / "padchest"
+    shutil.copytree(phantoms["padchest"], root)
+    _edit_csv(root / PADCHEST_CSV, _set("Labels", "['', ' ']", line=3))
+    image = plan("padchest", root, views="all").filtered
+    assert [f["reason"] for f in image if f["reason"].startswith("Labels lists")] == ["Labels lists no finding"]
 
 
 def test_lateral_only_study_is_a_counted_filter(phantoms: dict[str, Path], tmp_path: Path):

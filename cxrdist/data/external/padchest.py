@@ -74,8 +74,8 @@ def plan(root: Path, *, views: str = "frontal", uncertain: str = "ignore") -> Ex
     for where, image_id, row, findings in rows:
         proj = row["Projection"].strip()
         skip = None
-        if findings is None:
-            skip = "Labels blank"
+        if not findings:  # blank/NaN, or a list without a finding (['']): not a negative, unlabelled
+            skip = "Labels blank" if findings is None else "Labels lists no finding"
         elif any(f in PADCHEST_EXCLUDE for f in findings):
             skip = f"labelled {', '.join(f for f in findings if f in PADCHEST_EXCLUDE)!r}"
         elif views == "frontal" and proj not in FRONTAL:
