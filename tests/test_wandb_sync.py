@@ -205,3 +205,27 @@ def test_sync_is_skipped_without_credentials_and_says_how(tmp_path: Path, monkey
     result = wandb_sync.sync(tmp_path / "run", wandb_sync.Result(folder / "wandb" / "offline-run-x-id", True, plan))
     assert result.synced is False and "no W&B API key" in result.sync_note
     assert f"run `wandb sync {result.folder}` where there is a network" in wandb_sync.describe(result)
+
+
+def test_watch_resyncs_while_the_job_runs_and_once_more_at_its_end(tmp_path: Path, monkeypatch):
+    """While a live job holds the run dir the consolidated run is a snapshot marked running; when the job ends,
+    watch rebuilds it once more (finished) and stops."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run = make_run_dir(tmp_path / "run")
+    rundir.acquire_lock(run, "t")  # this process is the live job
+    _, tracker = attempt(run)
+    train_segment(tracker, range(1, 3), {2: (0.6, 0.9)})
+
+    def job_goes_on(seconds: float) -> None:  # between two watch rounds: the job logs more, finishes, unlocks
+        train_segment(tracker, range(3, 5), {4: (0.7, 0.8)})
+        tracker.finish()
+        rundir.release_lock(run, "t")
+
+    monkeypatch.setattr(wandb_sync.time, "sleep", job_goes_on)
+    lines: list[str] = []
+    result = wandb_sync.watch(run, every_s=60.0, do_sync=False, report=lines.append)
+    assert len(lines) == 2 and "built, 2 rows, 1 attempts, state running" in lines[0]
+    assert "built, 4 rows, 1 attempts, state finished" in lines[1]
+    summary = leet(result.folder, summary=True)
+    assert summary["state"] == "finished" and summary["summary"]["classify/best/val_auroc"] == 0.7
+    assert list((run / "wandb").rglob("offline-run-*")) == [result.folder]
