@@ -101,6 +101,9 @@ class LoggerConfig:
 
     backend: str = "wandb"  # wandb | none
     project: str = "cxrdist"
+    # The consolidated W&B run (launch/wandb_sync.py) carries each finished stage's best.pt as a model artifact.
+    # Off by default: a DenseNet-121 is ~30 MB per stage to upload, and a CPU/phantom run's models are not worth it.
+    log_model: bool = False
     entity: str | None = None
 
 

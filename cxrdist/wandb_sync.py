@@ -64,11 +64,12 @@ class Plan:
     state: str
     error: str | None
     missing: list[str] = field(default_factory=list)
+    models: list[dict[str, Any]] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         """sha256 of everything the consolidated run is built from."""
         text = json.dumps(
-            [self.run_id, self.rows, self.tables, self.attempts, self.state, self.error, self.missing],
+            [self.run_id, self.rows, self.tables, self.attempts, self.state, self.error, self.missing, self.models],
             sort_keys=True,
             default=str,
         )
@@ -148,6 +149,17 @@ def _history(run_dir: Path, events: list[dict[str, Any]]) -> tuple[list[dict[str
     return rows, missing
 
 
+def stage_models(run_dir: Path) -> list[dict[str, Any]]:
+    """Each finished stage's ``best.pt`` (stage, path, size, mtime) for the model artifacts (logger.log_model)."""
+    found = []
+    for stage in sorted((run_dir / "stages").glob("[0-9][0-9]_*")):
+        weights = stage / "best.pt"
+        if (stage / "DONE.json").is_file() and weights.is_file():
+            st = weights.stat()
+            found.append({"stage": stage.name, "path": str(weights), "size": st.st_size, "mtime": st.st_mtime})
+    return found
+
+
 def plan(run_dir: str | Path) -> Plan:
     """Read what the consolidated run of ``run_dir`` holds; a run dir without W&B records is a SyncError."""
     run_dir = Path(run_dir)
@@ -163,15 +175,17 @@ def plan(run_dir: str | Path) -> Plan:
     rows, missing = _history(run_dir, events)
     tables = {e["name"]: {k: e.get(k) for k in ("columns", "rows", "line")} for e in events if e.get("kind") == "table"}
     last = attempts[-1] if attempts else {"state": "preempted", "error": None}
+    config = to_container(load_config(run_dir / "config.yaml"))
     return Plan(
         run_id=(run_dir / "wandb_id.txt").read_text().strip(),
-        config=to_container(load_config(run_dir / "config.yaml")),
+        config=config,
         rows=rows,
         tables=tables,
         attempts=attempts,
         state=last["state"],
         error=last["error"],
         missing=missing,
+        models=stage_models(run_dir) if config.get("logger", {}).get("log_model") else [],
     )
 
 
@@ -232,6 +246,11 @@ def _build(run_dir: Path, p: Plan, build_dir: Path) -> None:
         run.summary.update(best | {"cxrdist/num_attempts": len(p.attempts)})
         if p.missing:
             run.summary["cxrdist/missing_media"] = p.missing
+        for m in p.models:
+            art = wandb.Artifact(f"{run_dir.name}-{m['stage']}", type="model", metadata={"stage": m["stage"]})
+            # a finished stage's weights never change: no copy into the staging area or the cache
+            art.add_file(m["path"], name="best.pt", policy="immutable", skip_cache=True)
+            run.log_artifact(art, aliases=["best", m["stage"]])
         wandb_run.end_run(run, p.state, p.error)
 
 

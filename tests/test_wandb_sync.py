@@ -40,8 +40,8 @@ def scalar_history(records: list[dict]) -> list[dict]:
     return out
 
 
-def make_run_dir(run: Path) -> Path:
-    cfg = compose(["method=chexnet", f"data.root={run.parent / 'shards'}", f"run_dir={run}", "logger=wandb"])
+def make_run_dir(run: Path, *extra: str) -> Path:
+    cfg = compose(["method=chexnet", f"data.root={run.parent / 'shards'}", f"run_dir={run}", "logger=wandb", *extra])
     run.mkdir(parents=True)
     save_config(cfg, run / "config.yaml")
     return run
@@ -84,7 +84,12 @@ def evaluation(run: Path, tracker, auroc: float, image: Path) -> tuple[list, lis
 
 def test_requeued_twice_then_evaluated_twice_is_one_run_with_every_row_once(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")  # the jobs' own W&B runs play no part in the consolidation
-    run = make_run_dir(tmp_path / "run")
+    run = make_run_dir(tmp_path / "run", "logger.log_model=true")
+    stage = run / "stages" / "00_classify"
+    stage.mkdir(parents=True)
+    (stage / "best.pt").write_bytes(b"weights")
+    (stage / "DONE.json").write_text("{}")
+    (run / "stages" / "01_eval").mkdir()  # not finished: no artifact
     _, t = attempt(run)  # attempt 1: steps 1-4, killed (no end)
     train_segment(t, range(1, 5), {2: (0.6, 0.9), 4: (0.8, 0.7)})
     _, t = attempt(run)  # attempt 2 resumed from step 2: redoes 3-4 (other values), reaches 6, killed
@@ -138,6 +143,9 @@ def test_requeued_twice_then_evaluated_twice_is_one_run_with_every_row_once(tmp_
     assert images == [["k1", "Atelectasis", rows[0][2], "Mass 0.250", "eval/boxes/Mass/k1"], rows[1]]
     assert rows[0][2] == "Hernia 1.000, Pleural_Thickening 1.000, Fibrosis 1.000" and rows[1][3:] == ["", ""]
 
+    arts = [r["artifact"] for r in records if r["type"] == "artifact" and r["artifact"]["type"] == "model"]
+    assert [(a["name"], a["type"]) for a in arts] == [("run-00_classify", "model")]
+    assert [e["path"] for e in arts[0]["manifest"]["contents"]] == ["best.pt"]
     again = wandb_sync.consolidate(run)  # nothing new: nothing built, the same folder
     assert not again.built and again.folder == result.folder
     assert list((run / "wandb").rglob("offline-run-*")) == [result.folder]
