@@ -29,7 +29,7 @@ from cxrdist.eval.box_overlay import box_overlay
 from cxrdist.eval.boxes import boxes_from_heatmap, heatmap_to_image, scale_xywh
 from cxrdist.eval.classification import auroc_per_class
 from cxrdist.eval.compare import auroc_intervals, intervals_table_md, localization_intervals, patients_of
-from cxrdist.eval.external import masked_auroc
+from cxrdist.eval.external import masked_auroc, masked_bootstrap_mean
 from cxrdist.eval.figures import plot_heatmap_overlay, plot_roc
 from cxrdist.eval.localization import ORACLE, evaluate_localization
 from cxrdist.eval.predict import gather_to_main, run_inference
@@ -167,11 +167,14 @@ def evaluate_split(
         return None
     out.mkdir(parents=True, exist_ok=True)
     labels, logits, keys = loader.reader.labels, placed["logits"], list(loader.reader.keys)
-    mask = label_masks(loader.reader)  # an external set's known labels (None: NIH, all known)
+    known = label_masks(loader.reader)  # an external set's known labels and patients (None: NIH, all known)
+    mask = None if known is None else known[0]
     saved = _patient_ids(loader)  # for the patient-clustered intervals (report, compare)
     extra = ({} if mask is None else {"label_mask": mask}) | ({} if saved is None else {"patient_ids": saved})
     np.savez(out / "predictions.npz", keys=np.array(keys), logits=logits, labels=labels, **extra)
     auroc = auroc_per_class(labels, logits) if mask is None else masked_auroc(labels, logits, mask)
+    if known is not None:  # external sets are small: the mean gets a patient-clustered interval
+        auroc["bootstrap"] = masked_bootstrap_mean(labels, logits, mask, known[1])
     metrics: dict[str, Any] = {"split": split, "num_samples": len(labels), "auroc": auroc}
     # Published numbers are NIH test numbers: never set beside another dataset's.
     published = stage.published.get("auroc") if mask is None else None

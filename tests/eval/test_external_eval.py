@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from cxrdist.data.external.labelmap import annotated_classes
 from cxrdist.data.phantom_external import make_external_phantom
 from cxrdist.data.writer import WriterConfig, write_dataset
-from cxrdist.eval.external import external_section_md, masked_auroc
+from cxrdist.eval.external import external_section_md, masked_auroc, masked_bootstrap_mean
 from cxrdist.labels import LABELS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +45,25 @@ def test_masked_auroc_scores_known_labels_only():
     assert lo < got["per_class"]["a"] < hi and got["ci95"]["c"] is None
     with pytest.raises(ValueError, match="mask must have the labels' shape"):
         masked_auroc(labels, scores, mask[:, :2], ["a", "b", "c"])
+
+
+def test_masked_bootstrap_is_g5s_bootstrap_when_nothing_is_masked_and_ignores_masked_labels():
+    from cxrdist.eval.bootstrap import bootstrap_auroc
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, size=(60, 3))
+    scores = labels + rng.standard_normal((60, 3))
+    patients = rng.integers(0, 25, size=60)
+    ref = bootstrap_auroc(labels, scores, patients, num_resamples=200, seed=3)
+    got = masked_bootstrap_mean(labels, scores, np.ones_like(labels), patients, num_resamples=200, seed=3)
+    assert got["estimate"] == pytest.approx(ref.estimate) and got["ci95"] == pytest.approx([ref.ci_low, ref.ci_high])
+    mask = np.ones_like(labels)
+    mask[:, 2] = 0
+    flipped = labels.copy()
+    flipped[:, 2] = 1 - flipped[:, 2]
+    two = masked_bootstrap_mean(labels, scores, mask, patients, num_resamples=200, seed=3)
+    assert two == masked_bootstrap_mean(flipped, scores, mask, patients, num_resamples=200, seed=3)
+    assert two["estimate"] == pytest.approx(np.mean(ref.per_class[:2]))
 
 
 def test_external_section_marks_absent_classes_and_shared_mean():
@@ -85,6 +104,7 @@ def test_chexnet_from_the_nih_phantom_on_three_external_phantoms(shard_root: Pat
         assert m["dataset"] == ds and m["auroc"]["not_annotated"] == [c for c in LABELS if c not in
                                                                      annotated_classes(ds)]  # fmt: skip
         assert m["auroc"]["num_samples"] == m["num_samples"] > 0
+        assert m["auroc"]["bootstrap"]["estimate"] == pytest.approx(m["auroc"]["mean"])
     assert evaluate.main([str(run), "--shards", str(tmp_path / "padchest-s"), "--split", "bbox"]) == 2
     assert "split(s) bbox hold no samples" in capsys.readouterr().err
     assert evaluate.main([str(run), "--shards", str(tmp_path / "none")]) == 2

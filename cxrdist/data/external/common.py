@@ -156,11 +156,10 @@ def build_sample(
     return {"jpg": jpg, "cls": cls.tobytes(), "json": json.dumps(meta, sort_keys=True).encode()}
 
 
-def label_masks(reader: Any) -> np.ndarray | None:
-    """(N, 14) uint8 label masks of a split read by a ShardReader, or None for an NIH split (all known)."""
-    if len(reader) == 0:
+def label_masks(reader: Any) -> tuple[np.ndarray, list[str]] | None:
+    """(N, 14) uint8 label masks and the patient ids of a split read by a ShardReader, or None for an NIH split
+    (every label known)."""
+    if len(reader) == 0 or "label_mask" not in reader.meta(0):
         return None
-    first = reader.meta(0)
-    if "label_mask" not in first:
-        return None
-    return np.array([reader.meta(i)["label_mask"] for i in range(len(reader))], dtype=np.uint8)
+    metas = [reader.meta(i) for i in range(len(reader))]
+    return np.array([m["label_mask"] for m in metas], dtype=np.uint8), [str(m["patient_id"]) for m in metas]
