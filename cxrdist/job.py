@@ -116,6 +116,7 @@ def rank_session(
                 tags=wandb_run.run_tags(cfg_dict, env.world_size),
                 job_type=wandb_run.job_type(role),
             )
+            SIGTERM_HOOKS.append(tracker.preempting)
             yield StageContext(cfg=cfg, run_dir=Path(run_dir), env=env, tracker=tracker)
         ended, end = True, ("finished", None)
     except Exception as e:
@@ -124,6 +125,7 @@ def rank_session(
         raise
     finally:
         if tracker is not None:
+            SIGTERM_HOOKS[:] = [h for h in SIGTERM_HOOKS if h != tracker.preempting]
             tracker.finish(*end)  # a SystemExit/KeyboardInterrupt (requeue, cancel) ends it as preempted
         if ended and env.is_main and lock is not None:
             rundir.release_lock(run_dir, lock)
@@ -308,6 +310,11 @@ def hold_on_sigterm(max_wait_s: float = 900.0) -> None:
             )
             for handler in logging.getLogger().handlers:
                 handler.flush()
+            for hook in list(SIGTERM_HOOKS):  # the tracker marks its run preempted (best effort)
+                try:
+                    hook()
+                except Exception as e:  # the SIGTERM line and the hold matter more than the hook
+                    logger.warning("SIGTERM hook %s failed: %s", hook, e)
 
     def _hold(signum: int, frame: Any) -> None:
         announce()
@@ -328,6 +335,7 @@ def hold_on_sigterm(max_wait_s: float = 900.0) -> None:
 
 
 _SIGTERM_SOCKETS: list[socket.socket] = []
+SIGTERM_HOOKS: list[Callable[[], None]] = []  # called once when SIGTERM arrives (rank_session adds the tracker's)
 _DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 

@@ -108,6 +108,9 @@ class Tracker:
     def finish(self, state: str = "finished", error: str | None = None) -> None:
         """Flush and close; ``state``: how this job ended (finished, failed with ``error``, preempted)."""
 
+    def preempting(self) -> None:
+        """This job is being ended from outside (Slurm's SIGTERM): say so while the process still can."""
+
 
 def wandb_run_id(run_dir: Path) -> str:
     """The run's W&B id, created once and kept in ``RUN/wandb_id.txt``."""
@@ -246,6 +249,11 @@ class WandbTracker(Tracker):
         spec = {"columns": columns, "rows": rows, "line": line}
         self._append({"kind": "table", "name": name, **spec}, self._events)
         self._call("log_table", lambda: self.run.log({name: wandb_run.wandb_table(self._wandb, name, spec)}))
+
+    def preempting(self) -> None:
+        # Called from the SIGTERM thread; the process is then frozen until Slurm's SIGKILL: finish never runs.
+        self._append({"kind": "end", "state": "preempted", "error": None}, self._events)
+        self._call("mark_preempting", lambda: self.run.mark_preempting())
 
     def finish(self, state: str = "finished", error: str | None = None) -> None:
         self._append({"kind": "end", "state": state, "error": error}, self._events)

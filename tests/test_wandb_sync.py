@@ -4,6 +4,7 @@ and requeued twice then evaluated twice — each read back with wandb's own read
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -237,3 +238,28 @@ def test_watch_resyncs_while_the_job_runs_and_once_more_at_its_end(tmp_path: Pat
     summary = leet(result.folder, summary=True)
     assert summary["state"] == "finished" and summary["summary"]["classify/best/val_auroc"] == 0.7
     assert list((run / "wandb").rglob("offline-run-*")) == [result.folder]
+
+
+def test_sigterm_marks_the_live_run_preempted(tmp_path: Path):
+    """Slurm's SIGTERM (requeue, preemption): the tracker writes the attempt's end as preempted (and asks W&B to
+    mark the run preempting) before the process freezes until the kill; nothing else ends it."""
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from cxrdist.job import SIGTERM_HOOKS, hold_on_sigterm\n"
+        "from cxrdist.log import build_tracker\n"
+        "hold_on_sigterm(max_wait_s=3)\n"
+        "t = build_tracker('wandb', Path(sys.argv[1]), is_main=True, attempt=1)\n"
+        "t.log({'loss': 1.0}, step=1, prefix='train')\n"
+        "SIGTERM_HOOKS.append(t.preempting)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "signal.pause()\n"
+    )
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 128 + 15, out.stderr
+    assert "failed" not in out.stderr  # neither the hook nor W&B's mark_preempting
+    ends = [json.loads(line) for line in (tmp_path / "logs" / "tracker.jsonl").read_text().splitlines()]
+    assert [(e["kind"], e["state"], e["attempt"]) for e in ends] == [("end", "preempted", 1)]
