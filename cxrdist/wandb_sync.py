@@ -329,8 +329,10 @@ def job_is_live(run_dir: str | Path) -> bool:
     return lock is not None and rundir.owner_alive(lock) is True
 
 
-def watch(run_dir: str | Path, every_s: float, do_sync: bool, report=print) -> Result:
-    """Consolidate (and sync) every ``every_s`` while a job holds the run dir, then once more; the last Result."""
+def watch(run_dir: str | Path, every_s: float, do_sync: bool, report=print, sleep=time.sleep) -> Result:
+    """Consolidate (and sync) every ``every_s`` while a job holds the run dir, then once more; the last Result.
+
+    ``report`` gets a line per build or failed sync; ``sleep`` waits between rounds (a test passes its own)."""
     while True:
         live = job_is_live(run_dir)
         result = consolidate(run_dir)
@@ -340,7 +342,7 @@ def watch(run_dir: str | Path, every_s: float, do_sync: bool, report=print) -> R
             report(describe(result))
         if not live:
             return result
-        time.sleep(every_s)
+        sleep(every_s)
 
 
 def describe(result: Result) -> str:

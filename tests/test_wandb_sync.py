@@ -230,9 +230,8 @@ def test_watch_resyncs_while_the_job_runs_and_once_more_at_its_end(tmp_path: Pat
         tracker.finish()
         rundir.release_lock(run, "t")
 
-    monkeypatch.setattr(wandb_sync.time, "sleep", job_goes_on)
     lines: list[str] = []
-    result = wandb_sync.watch(run, every_s=60.0, do_sync=False, report=lines.append)
+    result = wandb_sync.watch(run, every_s=60.0, do_sync=False, report=lines.append, sleep=job_goes_on)
     assert len(lines) == 2 and "built, 2 rows, 1 attempts, state running" in lines[0]
     assert "built, 4 rows, 1 attempts, state finished" in lines[1]
     summary = leet(result.folder, summary=True)
