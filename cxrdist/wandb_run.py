@@ -1,8 +1,8 @@
 """What a cxrdist W&B run holds, the live one (log.WandbTracker) and the consolidated one (wandb_sync.py) alike.
 
-- **Tags and job type**: method, engine, world size, loader, cluster and shard set as ``key:value`` tags, so runs
-  filter by them in the W&B table; the job type says what the run did (``train``; ``evaluate`` for a live
-  evaluation segment).
+- **Tags and job type**: method, engine, world size, loader, cluster, shard set and split scheme as
+  ``key:value`` tags, so runs filter by them in the W&B table; the job type says what the run did
+  (``train``; ``evaluate`` for a live evaluation segment).
 - **Step axes and headline summaries**: every stage counts its own steps (``<stage>/step``; W&B's own step
   must only grow and stages restart at 0), and the summary holds the best values, not the last:
   ``<stage>/val/val_auroc`` max, ``<stage>/val/val_loss`` min, plus ``<stage>/best/val_auroc`` and the epoch
@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ BEST = {"val_auroc": "max", "val_loss": "min"}
 
 
 def run_tags(cfg: dict[str, Any], world_size: int | None = None) -> list[str]:
-    """``key:value`` tags of a run from its config dict: method, engine, world size, loader, cluster and the shard
-    root's folder name (``data:``; the split scheme is the shard set's, cxrdist has no split key of its own)."""
+    """``key:value`` tags of a run from its config dict: method, engine, world size, loader, cluster, the shard
+    root's folder name (``data:``) and its split scheme (``split:``, from the shard set's ``_dataset.json``)."""
     get = lambda *path: _get(cfg, path)  # noqa: E731
     tags = {
         "method": get("method", "name"),
@@ -36,9 +37,18 @@ def run_tags(cfg: dict[str, Any], world_size: int | None = None) -> list[str]:
         "world": world_size,
         "loader": get("loader", "backend"),
         "data": Path(str(get("data", "root"))).name if get("data", "root") else None,
+        "split": split_scheme(get("data", "root")),
         "cluster": get("cluster", "name"),
     }
     return [f"{k}:{v}" for k, v in tags.items() if v is not None]
+
+
+def split_scheme(root: str | None) -> str | None:
+    """The split scheme the shard set at ``root`` was written with (``official``, ``random-image``), or None."""
+    try:
+        return json.loads((Path(str(root)) / "_dataset.json").read_text())["config"].get("split_scheme")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # no shards there (yet): no tag
+        return None
 
 
 def _get(cfg: dict[str, Any], path: tuple[str, ...]) -> Any:

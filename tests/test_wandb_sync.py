@@ -86,6 +86,8 @@ def evaluation(run: Path, tracker, auroc: float, image: Path) -> tuple[list, lis
 def test_requeued_twice_then_evaluated_twice_is_one_run_with_every_row_once(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")  # the jobs' own W&B runs play no part in the consolidation
     run = make_run_dir(tmp_path / "run", "logger.log_model=true")
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "_dataset.json").write_text(json.dumps({"config": {"split_scheme": "random-image"}}))
     stage = run / "stages" / "00_classify"
     stage.mkdir(parents=True)
     (stage / "best.pt").write_bytes(b"weights")
@@ -133,7 +135,7 @@ def test_requeued_twice_then_evaluated_twice_is_one_run_with_every_row_once(tmp_
     boxes = json.loads((result.folder / "files" / image["boxes"]["ground_truth"]["path"]).read_text())
     assert boxes["box_data"][0]["position"] == {"minX": 2.0, "maxX": 10.0, "minY": 3.0, "maxY": 12.0}
     assert boxes["class_labels"] == {str(LABEL_INDEX["Mass"] + 1): "Mass"}
-    assert "tags" in summary and "method:chexnet" in summary["tags"]
+    assert {"method:chexnet", "world:2", "data:shards", "split:random-image"} <= set(summary["tags"])
     table = lambda key: json.loads((result.folder / "files" / s[key]["path"]).read_text())  # noqa: E731
     assert table("cxrdist/attempts")["data"][0][:3] == [1, "a training job", "preempted"]
     assert [r[2] for r in table("cxrdist/attempts")["data"]] == ["preempted"] * 2 + ["finished"] * 3
