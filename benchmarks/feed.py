@@ -155,8 +155,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\n(f) CPU time per sample, each part timed alone over one epoch:")
     for part, us in res["breakdown"].items():
         print(f"  {part:36s} {us:8.2f} µs")
-    worst = min(res["rate"].values())
-    print(f"\ngoal: >= {GOAL:.0f} samples/s on one core -> worst {worst:.0f} {'MET' if worst >= GOAL else 'MISSED'}")
+    worst, worst_cpu = min(res["rate"].values()), min(res["per_cpu"].values())
+    print(f"\ngoal: >= {GOAL:.0f} samples/s on one core -> worst {worst_cpu:.0f} per CPU-second "
+          f"{'MET' if worst_cpu >= GOAL else 'MISSED'}; wall {worst:.0f}/s {'MET' if worst >= GOAL else 'MISSED'} "
+          f"(wall counts the time other processes hold the core: load average {os.getloadavg()[0]:.1f})")  # fmt: skip
 
 
 if __name__ == "__main__":
