@@ -46,6 +46,8 @@ def parser(prog: str = "submit.py") -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="explicit run dir (overrides --name)")
     p.add_argument("--force", action="store_true", help="discard a run dir started with another config")
     p.add_argument("--dry-run", action="store_true", help="print the job script and config; submit nothing")
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help="sweep: every combination of key=a,b overrides as ONE job array")  # fmt: skip
     p.add_argument(
         "--wait",
         action="store_true",

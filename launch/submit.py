@@ -2,24 +2,28 @@
 
 Launcher flags (see below) come first; every other argument is a Hydra override. ``--cluster local`` runs the
 same job on this machine and shows rank 0's progress until it ends; ``--dry-run`` prints the job script and the
-resolved config, anywhere (no Slurm needed). A mistake is one line on stderr and exit status 2, before anything
-is created or submitted.
+resolved config, anywhere (no Slurm needed). ``-m method=ma,cral seed=0,1,2`` submits every combination as ONE
+job array, each in ``runs/<name>/<override-dir>`` (see cxrdist/sweep.py). A mistake is one line on stderr and exit
+status 2, before anything is created or submitted.
 """
 
 import contextlib
 import sys
 
 from cxrdist import cli
-from cxrdist.launcher import failure_summary, submit, wait_results
+from cxrdist.launcher import failure_summary, wait_results
 from cxrdist.progress import follow
+from cxrdist.sweep import print_sweep, submit_any
 
 
 def main(argv: list[str] | None = None) -> int:
     """Submit (or preview) the job; with --wait or --cluster local, follow it to the end."""
     try:
-        out = submit(sys.argv[1:] if argv is None else argv)
+        out = submit_any(sys.argv[1:] if argv is None else argv)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("submit.py", e)
+    if "sweep" in out:
+        return print_sweep(out)
     if "script" in out:
         print(f"# --- job script ({out['tasks']} task(s) per node) ---\n{out['script']}")
         print(f"# --- resolved config (run dir {out['run_dir']}) ---\n{out['config']}")

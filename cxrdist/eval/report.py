@@ -29,6 +29,10 @@ from cxrdist.eval.report_multi import multi_run_lines, roc_band_lines
 from cxrdist.eval.tables import auroc_table_md
 from cxrdist.labels import LABELS
 
+# sha256 of the release's Data_Entry_2017_v2020.csv (cxrdist/data/nih_metadata/PROVENANCE.md): shards whose writer
+# read another label file were written from a phantom (or an edited copy), and the report's title says so.
+NIH_DATA_ENTRY_SHA256 = "dc1d2df67fdc1c5a7601d48699cda2b13dc2c4841488b4183dcf04884dbaca11"
+
 SPLIT_NOTE = {
     "official": "the official NIH train_val/test lists (patient-disjoint)",
     "random-image": "a random image-level train/test split (patients may straddle it): NOT comparable with "
@@ -51,7 +55,9 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     scheme = writer.get("split_scheme", "official") if writer else "?"
     run = {"dir": run_dir, "name": run_dir.name, "cfg": cfg, "scheme": scheme, "metrics": {}}
     run["stored_size"] = writer.get("size", "?")
-    run["phantom"] = bool(writer.get("nih_root")) and (Path(writer["nih_root"]) / "phantom.json").is_file()
+    sources = json.loads(shards.read_text()).get("sources", {}) if shards.is_file() else {}
+    entry = sources.get("Data_Entry_2017_v2020.csv")
+    run["phantom"] = entry is not None and entry != NIH_DATA_ENTRY_SHA256  # a phantom writes its own label file
     for split in ("test", "bbox"):
         path = find_metrics(run_dir, split)
         if path is not None:
@@ -207,7 +213,8 @@ def write_report(
     forest plot when there are several, paired tests against ``baseline``); return the Markdown path."""
     runs = load_runs(list(run_dirs), num_resamples, seed)
     out.mkdir(parents=True, exist_ok=True)
-    phantom = " — PHANTOM data (synthetic images, not ChestX-ray14: no number here compares with a paper)"
+    phantom = (" — PHANTOM data (shards not written from the NIH release's label file: synthetic images; no "
+               "number here compares with a paper)")  # fmt: skip
     lines = ["# cxrdist report" + (phantom if any(r["phantom"] for r in runs) else ""), ""]
     if len(runs) > 1 or baseline is not None:
         lines += multi_run_lines(runs, out, baseline, num_resamples, seed)

@@ -53,13 +53,12 @@ def _fake_run(run: Path, shards: Path, method: str, seed: int, signal: float, *,
 
 @pytest.fixture
 def shards(tmp_path: Path) -> Path:
-    """A fake shard root whose writer read a phantom (phantom.json in its nih_root)."""
-    phantom, root = tmp_path / "phantom", tmp_path / "shards"
-    phantom.mkdir()
+    """A fake shard root written from a phantom (its label file is not the release's)."""
+    root = tmp_path / "shards"
     root.mkdir()
-    (phantom / "phantom.json").write_text("{}")
-    writer = {"split_scheme": "official", "size": 64, "nih_root": str(phantom)}
-    (root / "_dataset.json").write_text(json.dumps({"config": writer}))
+    writer = {"split_scheme": "official", "size": 64}
+    sources = {"Data_Entry_2017_v2020.csv": "0" * 64}
+    (root / "_dataset.json").write_text(json.dumps({"config": writer, "sources": sources}))
     return root
 
 

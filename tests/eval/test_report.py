@@ -46,6 +46,7 @@ def test_published_localization_beside_fixed_thresholds_of_the_matching_model(tm
     masked = _fake_run(tmp_path, "masked", shards, "method.model.pretrained=false")
     nomask = _fake_run(tmp_path, "nomask", shards, "method.model.use_mask=false")
     md = write_report([masked, nomask], tmp_path / "report").read_text()
+    assert md.startswith("# cxrdist report\n")  # no label file recorded: not called a phantom
 
     rows = _loc_table(md, "masked")
     fang = [r for r in rows if r.startswith("| fang2021")]
