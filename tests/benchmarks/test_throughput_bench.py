@@ -43,3 +43,13 @@ def test_gpu_benchmark_tiny_cpu_mode(shard_root: Path):
     assert {b: t["fast_path"] for b, t in out["trainer"].items()} == {"dali": "fp32, NCHW, eager",
                                                                        "torch": "fp32, NCHW, eager"}  # fmt: skip
     assert all(t["vs_model"] > 0 for t in out["trainer"].values())
+
+
+def test_engine_profile_books_time_by_package():
+    """benchmarks/engine_profile.py on a tiny CNN: every variant profiled, DeepSpeed's own time booked to it."""
+    out = _module("engine_profile", "--image-size", "16", "--batch", "2", "--steps", "2", "--warmup", "1",
+                  "--variants", "ddp", "deepspeed-z1").stdout  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["bare"], ["ddp"],
+            ["deepspeed-z1"])}  # fmt: skip
+    assert set(rows) == {"bare", "ddp", "deepspeed-z1"}
+    assert float(rows["deepspeed-z1"][2]) > 0 and float(rows["ddp"][2]) == 0  # the deepspeed column
