@@ -23,7 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from cxrdist.eval.bootstrap import bootstrap_auroc, bootstrap_class_means, paired_bootstrap_auroc
+from cxrdist.eval.bootstrap import (
+    bootstrap_auroc,
+    bootstrap_class_means,
+    paired_bootstrap_auroc,
+    paired_bootstrap_class_means,
+)
 from cxrdist.eval.delong import delong_auroc, delong_paired
 from cxrdist.eval.localization import KIM_IOU_T, ORACLE
 from cxrdist.labels import BOX_CLASSES, LABELS
@@ -126,6 +131,35 @@ def localization_intervals(
                 for t in KIM_IOU_T}  # fmt: skip
         figs["fang_iou"] = bootstrap_class_means(best, pids, cls, average="items", **kw)
         out[variant] = {k: {"value": _num(r.estimate), "ci": _ci(r.ci_low, r.ci_high)} for k, r in figs.items()}
+    return out
+
+
+def paired_localization(
+    loc_a: Mapping[str, Any],
+    loc_b: Mapping[str, Any],
+    patient_of_key: Mapping[str, Any],
+    num_resamples: int = NUM_RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> dict[str, Any]:
+    """A − B of the fixed-threshold localization figures (as :func:`localization_intervals`) by the paired patient
+    bootstrap: ``{variant: {figure: {a, b, delta, ci, p}}}``. Both runs must list the same boxes in the same order."""
+    pa, pb = loc_a["per_box"], loc_b["per_box"]
+    if list(pa["key"]) != list(pb["key"]) or list(pa["class_idx"]) != list(pb["class_idx"]):
+        raise ValueError("the two runs' localization results hold other boxes: compare runs on the same bbox split")
+    pids, cls, num_classes = _box_arrays(loc_a, patient_of_key)
+    kw = {"num_classes": num_classes, "num_resamples": num_resamples, "seed": seed, "confidence": confidence}
+    out: dict[str, Any] = {}
+    for variant in [v for v in pa["best_iou"] if v != ORACLE and v in pb["best_iou"]]:
+        a, b = (np.asarray(p["best_iou"][variant], dtype=np.float64) for p in (pa, pb))
+        figs = {f"kim_acc_iou>{t:g}": paired_bootstrap_class_means(a > t, b > t, pids, cls, average="classes", **kw)
+                for t in KIM_IOU_T}  # fmt: skip
+        figs["fang_iou"] = paired_bootstrap_class_means(a, b, pids, cls, average="items", **kw)
+        out[variant] = {
+            k: {"a": _num(r.a.estimate), "b": _num(r.b.estimate), "delta": _num(r.delta.estimate),
+                "ci": _ci(r.delta.ci_low, r.delta.ci_high), "p": _num(r.p)}
+            for k, r in figs.items()
+        }  # fmt: skip
     return out
 
 
@@ -247,4 +281,16 @@ def comparison_table_md(cmp: Mapping[str, Any], name_a: str, name_b: str) -> str
     ]
     lines += [f"- {name}: {r['note']}" for name, r in cmp["per_class"].items() if r["note"]]
     lines += [f"- {w}" for w in cmp["warnings"]]
+    if cmp.get("localization"):
+        head = f"| figure | binarisation | {name_a} | {name_b} | Δ (A − B) | {pct} CI | p |"
+        lines += [
+            "",
+            "Localization (bbox, fixed thresholds; paired patient bootstrap of A − B):",
+            "",
+            head,
+            "|---" * 7 + "|",
+        ]
+        for variant, figs in cmp["localization"].items():
+            lines += [f"| {fig} | heatmap > {variant} | {_f(r['a'])} | {_f(r['b'])} | {_f(r['delta'])} | "
+                      f"{_fci(r['ci'])} | {_fp(r['p'])} |" for fig, r in figs.items()]  # fmt: skip
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from cxrdist.eval.compare import (
     inside,
     localization_intervals,
     paired_comparison,
+    paired_localization,
     patients_of,
 )
 from cxrdist.eval.stats import align_keys
@@ -196,7 +197,13 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], num_resamples: int, seed:
             "a paired test needs the same test set (same shards)"
         )
     pids, _ = _patients(pa)
-    return paired_comparison(pa["labels"], pa["logits"], pb["logits"][idx], pids, num_resamples, seed)
+    out = paired_comparison(pa["labels"], pa["logits"], pb["logits"][idx], pids, num_resamples, seed)
+    loc_a, loc_b = (r["metrics"].get("bbox", {}).get("localization") for r in (a, b))
+    bbox_pred = load_predictions(a["metrics"]["bbox"]["path"]) if loc_a else None
+    if loc_a and loc_b and loc_a.get("per_box") and loc_b.get("per_box") and bbox_pred is not None:
+        by_key = dict(zip(bbox_pred["keys"].tolist(), _patients(bbox_pred)[0].tolist()))
+        out["localization"] = paired_localization(loc_a, loc_b, by_key, num_resamples, seed)
+    return out
 
 
 def baseline_md(runs: Sequence[dict[str, Any]], baseline: dict[str, Any], num_resamples: int, seed: int) -> list[str]:

@@ -14,7 +14,7 @@ import yaml
 from cxrdist.config import compose, to_container
 from cxrdist.eval.bootstrap import bootstrap_class_means
 from cxrdist.eval.classification import auroc_per_class
-from cxrdist.eval.compare import localization_intervals, paired_comparison, patients_of
+from cxrdist.eval.compare import localization_intervals, paired_comparison, paired_localization, patients_of
 from cxrdist.eval.leaderboard import find_runs, group_runs, run_labels
 from cxrdist.eval.localization import evaluate_localization
 from cxrdist.eval.report import load_runs, write_report
@@ -38,7 +38,9 @@ def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return labels, pids, keys
 
 
-def _fake_run(run: Path, shards: Path, method: str, seed: int, signal: float, *, patients: bool = True) -> Path:
+def _fake_run(
+    run: Path, shards: Path, method: str, seed: int, signal: float, *, patients: bool = True, bbox: int = 0
+) -> Path:  # fmt: skip
     cfg = to_container(compose([f"method={method}", f"data.root={shards}", f"seed={seed}"])) | {"run_dir": str(run)}
     (run / "eval" / "test").mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -48,6 +50,13 @@ def _fake_run(run: Path, shards: Path, method: str, seed: int, signal: float, *,
     np.savez(run / "eval" / "test" / "predictions.npz", keys=np.array(keys), logits=logits, labels=labels, **extra)
     test = {"split": "test", "num_samples": N, "auroc": auroc_per_class(labels, logits)}
     (run / "eval" / "test" / "metrics.json").write_text(json.dumps(test))
+    if bbox:  # localization results of heatmaps off the boxes by up to `bbox` pixels, and the bbox predictions
+        loc, patient = _loc(bbox)
+        (run / "eval" / "bbox").mkdir()
+        (run / "eval" / "bbox" / "metrics.json").write_text(json.dumps({"localization": loc}))
+        keys = sorted(patient)
+        np.savez(run / "eval" / "bbox" / "predictions.npz", keys=np.array(keys), patient_ids=[patient[k] for k in keys],
+                 logits=np.zeros((30, 14)), labels=np.zeros((30, 14), np.uint8))  # fmt: skip
     return run
 
 
@@ -133,18 +142,36 @@ def test_identical_runs_compare_to_zero_with_p_1():
     assert all(r["delta"] == 0 and r["p"] == 1 and r["p_holm"] == 1 for r in c["per_class"].values())
 
 
-def test_localization_intervals_match_the_protocol_and_cluster_by_patient():
+def _loc(spread: int) -> tuple[dict, dict]:
+    """30 boxes of 3 classes on 10 patients; heatmaps off the box by up to ``spread`` pixels."""
     rng = np.random.default_rng(0)
     heat, boxes, patient = {}, [], {}
     for i in range(30):
         key, c = f"k{i}", i % 3
         hm = np.zeros((32, 32), np.float32)
-        x = int(rng.integers(0, 20))
+        x = int(rng.integers(0, spread + 1))
         hm[x : x + 10, x : x + 10] = 1.0
         heat[(key, c)] = hm
         boxes.append({"key": key, "class_idx": c, "x": 4, "y": 4, "w": 10, "h": 10})
         patient[key] = i // 3
-    loc = evaluate_localization(heat, boxes, orig_size=32, compare_size=32, thresholds=[60, 180])
+    return evaluate_localization(heat, boxes, orig_size=32, compare_size=32, thresholds=[60, 180]), patient
+
+
+def test_paired_localization_identical_and_worse():
+    good, patient = _loc(4)
+    bad, _ = _loc(20)
+    same = paired_localization(good, good, patient, num_resamples=200)
+    assert all(r["delta"] == 0 and r["p"] == 1 for figs in same.values() for r in figs.values())
+    diff = paired_localization(good, bad, patient, num_resamples=200)["60"]["fang_iou"]
+    assert diff["delta"] == pytest.approx(good["fang"]["60"]["mean_over_boxes"] - bad["fang"]["60"]["mean_over_boxes"])
+    assert diff["delta"] > 0 and diff["ci"][0] > 0
+    moved = {**bad, "per_box": {**bad["per_box"], "key": bad["per_box"]["key"][::-1]}}
+    with pytest.raises(ValueError, match="other boxes"):
+        paired_localization(good, moved, patient)
+
+
+def test_localization_intervals_match_the_protocol_and_cluster_by_patient():
+    loc, patient = _loc(20)
     iv = localization_intervals(loc, patient, num_resamples=300)
     assert set(iv) == {"60", "180"}  # never the oracle
     for t in ("60", "180"):
@@ -161,14 +188,15 @@ def test_localization_intervals_match_the_protocol_and_cluster_by_patient():
 
 
 def test_compare_cli_prints_writes_and_refuses_other_test_sets(tmp_path: Path, shards: Path, capsys):
-    a = _fake_run(tmp_path / "a", shards, "chexnet", 0, 1.5)
-    b = _fake_run(tmp_path / "b", shards, "dcnn", 1, 0.2, patients=False)  # patients from the NIH names
+    a = _fake_run(tmp_path / "a", shards, "chexnet", 0, 1.5, bbox=4)
+    b = _fake_run(tmp_path / "b", shards, "dcnn", 1, 0.2, patients=False, bbox=20)  # patients from the NIH names
     compare = _script("compare")
     assert compare.main([str(a), str(b), "--resamples", "200", "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
     assert "| **Mean** |" in out and "p (Holm)" in out
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["mean"]["delta"] > 0 and saved["mean"]["p"] < 0.05 and saved["num_patients"] <= PATIENTS
+    assert saved["localization"]["60"]["fang_iou"]["delta"] > 0 and "Localization (bbox, fixed thresholds" in out
     assert (tmp_path / "cmp" / "compare.md").read_text().startswith("# a vs b (test)")
 
     assert compare.main([str(a), str(a), "--resamples", "50", "--out", str(tmp_path / "same")]) == 0
