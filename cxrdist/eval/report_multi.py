@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxrdist.eval.compare import patients_of
+from cxrdist.eval.compare import _f, _fci, patients_of
 from cxrdist.eval.figures_ci import plot_forest, plot_roc_bands
 from cxrdist.eval.leaderboard import baseline_md, group_runs, leaderboard_md, per_class_md, published_mean
 from cxrdist.labels import LABELS
@@ -40,6 +40,22 @@ def forest_rows(groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def localization_board_md(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Per run with bbox results: each fixed-threshold headline figure with its patient-bootstrap CI."""
+    rows = []
+    for r in runs:
+        for variant, figs in (r.get("loc_intervals") or {}).items():
+            cells = " | ".join(f"{_f(f['value'])} {_fci(f['ci'])}" for f in figs.values())
+            rows.append(f"| {r['label']} | heatmap > {variant} | {cells} |")
+    if not rows:
+        return []
+    names = next(iter(next(r["loc_intervals"] for r in runs if r.get("loc_intervals")).values()))
+    head = "| run | binarisation | " + " | ".join(n.replace("kim_acc_iou>", "kim2021 acc@IoU>").replace(
+        "fang_iou", "fang2021 best-box IoU") for n in names) + " |"  # fmt: skip
+    return ["### Localization (bbox, fixed thresholds, 95% patient-bootstrap CIs)", "", head,
+            "|---" * (len(names) + 2) + "|", *rows, ""]  # fmt: skip
+
+
 def multi_run_lines(
     runs: Sequence[dict[str, Any]], out: Path, baseline: Path | str | None, num_resamples: int, seed: int
 ) -> list[str]:
@@ -49,6 +65,7 @@ def multi_run_lines(
     plot_forest(forest_rows(groups), out / "forest.png", title="Test mean AUROC with 95% patient-bootstrap CIs")
     lines = ["## Leaderboard (test)", "", *leaderboard_md(groups), "", "![forest plot](forest.png)", ""]
     lines += ["### Per class (mean ± sd over each entry's runs)", "", *per_class_md(groups, LABELS), ""]
+    lines += localization_board_md(runs)
     if base is not None:
         lines += ["### Paired tests against the baseline", "", *baseline_md(runs, base, num_resamples, seed), ""]
         lines += [

@@ -76,7 +76,7 @@ def test_leaderboard_groups_seeds_labels_by_path_and_tests_against_a_baseline(tm
     for method, signal in (("chexnet", 1.5), ("dcnn", 0.3)):
         for seed in (0, 1):
             _fake_run(sweep / f"method={method},seed={seed}", shards, method, seed, signal)
-    other = _fake_run(tmp_path / "runs" / "other" / "method=chexnet,seed=0", shards, "chexnet", 5, 1.5)
+    other = _fake_run(tmp_path / "runs" / "other" / "method=chexnet,seed=0", shards, "chexnet", 5, 1.5, bbox=4)
     base = sweep / "method=dcnn,seed=0"
     md = write_report([sweep, other], tmp_path / "report", baseline=base, num_resamples=200).read_text()
 
@@ -89,6 +89,10 @@ def test_leaderboard_groups_seeds_labels_by_path_and_tests_against_a_baseline(tm
     # two runs named method=chexnet,seed=0 in different folders keep apart: labels are their shortest unique paths
     assert "sweep/method=chexnet,seed=0:" in rows[0] and "other/method=chexnet,seed=0:" in rows[0]
     assert "method=chexnet,seed=1:" in rows[0]
+    loc = md.split("### Localization (bbox, fixed thresholds, 95% patient-bootstrap CIs)")[1].split("###")[0]
+    loc_rows = [r for r in loc.splitlines() if r.startswith("| other/")]
+    assert [r.split("|")[2].strip() for r in loc_rows] == ["heatmap > 60", "heatmap > 180"]  # that run only
+    assert "fang2021 best-box IoU" in loc and loc_rows[0].count("[") == 4
     paired = md.split("### Paired tests against the baseline")[1].split("\n## ")[0]
     assert "Baseline: **method=dcnn,seed=0**" in paired
     lines = [r for r in paired.splitlines() if r.startswith("| ") and "chexnet" in r]
