@@ -9,11 +9,12 @@ the same batch and the same number of workers / DALI threads.
 
 Each loader runs in its own subprocess (clean peak RSS: ``ru_maxrss`` of the process itself and of its largest
 reaped child, i.e. a DataLoader worker; forked workers share the parent's pages, so the numbers overlap).
-One warm-up batch is excluded from the timing, then ``--epochs`` epochs are timed (the loaders' per-epoch
-start-up — workers forked / DALI pipeline built — included). Loaders are interleaved ``--repeat`` times; medians.
+One warm-up batch is excluded from the timing (``--warm-epoch``: a whole epoch first), then ``--epochs`` epochs
+are timed (the loaders' per-epoch start-up — workers forked / DALI pipeline built — included). Loaders are
+interleaved ``--repeat`` times; medians.
 
 (d) is the bare limit of one core for the same work (``benchmarks/bare.py``: read at the ``.idx`` offset, PIL
-decode, crop-resize in one PIL call, flip, numpy normalise to 3 channels, one thread, no framework) and (e) the
+decode, crop + resize in PIL, flip, numpy normalise to 3 channels, one thread, no framework) and (e) the
 reads + decode alone, both measured in the same run. Per core: a loader's img/s divided by its workers / DALI
 threads (the cores it was given), and img per CPU-second (this process + its reaped children: steadier than wall
 time on a shared machine).
@@ -128,6 +129,9 @@ def child(args: argparse.Namespace) -> None:
                           normalize="imagenet", channels=3, workers=args.workers)  # fmt: skip
         backend = "dali" if args.child == "a" else "torch"
         loader = build_loader(backend, spec, device=torch.device("cpu"), dali_threads=args.workers)
+    if args.warm_epoch:  # a whole untimed epoch first: one-off start-up (DALI's first pipeline, lazy imports) left out
+        for _ in loader:
+            pass
     cpu0 = _cpu_seconds()  # CPU from here counts the warm-up batch too (its workers are reaped with the epoch's)
     it = iter(loader)
     first = next(it)
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loader run")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per loader (medians reported)")
+    parser.add_argument("--warm-epoch", action="store_true", help="an untimed epoch before the warm-up batch")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="(d), (e): time at least this long")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/cxrdist-bench"), help="phantom + shard cache")
     parser.add_argument("--child", choices=sorted(KINDS), help=argparse.SUPPRESS)
@@ -196,10 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"cpus available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.2f}")
     print(
         f"train split: {n_train} images; batch {args.batch}, {args.workers} workers/threads, {args.epochs} timed "
-        f"epochs after 1 warm-up batch; baseline reads {args.size}² PNGs, shards hold {args.shard_size}² JPEGs"
+        f"epochs after {'1 untimed epoch + ' if args.warm_epoch else ''}1 warm-up batch; baseline reads "
+        f"{args.size}² PNGs, shards hold {args.shard_size}² JPEGs"
     )
     common = ["--batch", str(args.batch), "--workers", str(args.workers), "--epochs", str(args.epochs)]
     common += ["--shard-size", str(args.shard_size), "--min-seconds", str(args.min_seconds)]
+    common += ["--warm-epoch"] if args.warm_epoch else []
     common += ["--phantom", str(phantom), "--shards", str(shards)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     runs: dict[str, list[dict]] = {k: [] for k in KINDS}
