@@ -26,7 +26,7 @@ from cxrdist.data.sampler import TrainSampler, base_indices, eval_batches
 from cxrdist.data.sidecar import Sidecar, read_key_list
 from cxrdist.data.transforms import (
     SampleGeometry,
-    apply_geometry_torch,
+    map_plane,
     normalize_batch,
     sample_geometry,
     sample_rng,
@@ -154,12 +154,7 @@ class BaseLoader(ABC):
 
     def _map_geometry(self, plane: torch.Tensor, g: SampleGeometry) -> torch.Tensor:
         """Apply an image's geometry to a sidecar map stored at its own resolution (values resampled as floats)."""
-        sw, sh = self._src or (g.x0 + g.w, g.y0 + g.h)
-        fy, fx = plane.shape[-2] / sh, plane.shape[-1] / sw
-        scaled = SampleGeometry(
-            int(g.x0 * fx), int(g.y0 * fy), max(round(g.w * fx), 1), max(round(g.h * fy), 1), g.out, g.flip, g.nearest
-        )
-        return apply_geometry_torch(plane.float().reshape(plane.shape[-2:]), scaled)
+        return map_plane(plane, g, self._src)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch, plan = self._plan()

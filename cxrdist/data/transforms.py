@@ -161,3 +161,33 @@ def normalize_batch(x: torch.Tensor, normalize: str, channels: int) -> torch.Ten
     scale = scale.to(x.device, x.dtype).view(shape)
     bias = bias.to(x.device, x.dtype).view(shape)
     return torch.addcmul(bias, x, scale)
+
+
+def map_plane(plane: torch.Tensor, g: SampleGeometry, src: tuple[int, int] | None) -> torch.Tensor:
+    """Apply an image's geometry to a map of it stored at its own resolution (values resampled as floats).
+
+    ``src`` is the stored image's (width, height) the geometry refers to (None: the window's far corner). This is
+    how a loader crops an "image" sidecar (e.g. lungheart's lung/heart mask) along with its image.
+    """
+    sw, sh = src or (g.x0 + g.w, g.y0 + g.h)
+    fy, fx = plane.shape[-2] / sh, plane.shape[-1] / sw
+    scaled = SampleGeometry(
+        int(g.x0 * fx), int(g.y0 * fy), max(round(g.w * fx), 1), max(round(g.h * fy), 1), g.out, g.flip, g.nearest
+    )
+    return apply_geometry_torch(plane.float().reshape(plane.shape[-2:]), scaled)
+
+
+def paste_maps(planes: torch.Tensor, g: SampleGeometry, src: tuple[int, int], compare: int) -> torch.Tensor:
+    """Undo the eval crop of (K, h, w) maps: each is resized to the crop window's place in a ``compare``² canvas
+    of the whole stored image, whose outside is the map's minimum (0 after min-max: it yields no box)."""
+    sw, sh = src
+    x0, y0 = round(g.x0 * compare / sw), round(g.y0 * compare / sh)
+    x1, y1 = round((g.x0 + g.w) * compare / sw), round((g.y0 + g.h) * compare / sh)
+    up = torch.nn.functional.interpolate(
+        planes.float()[None], size=(max(y1 - y0, 1), max(x1 - x0, 1)), mode="bilinear", align_corners=False
+    )[0]
+    out = torch.empty((len(up), compare, compare))
+    for plane, canvas in zip(up, out):
+        canvas.fill_(float(plane.min()))
+        canvas[y0:y1, x0:x1] = plane[: compare - y0, : compare - x0]
+    return out

@@ -363,10 +363,23 @@ def save_model_weights(path: Path, model: torch.nn.Module, meta: dict[str, Any])
     os.replace(tmp, path)
 
 
-def load_model_weights(path: Path, model: torch.nn.Module, strict: bool = True) -> dict[str, Any]:
-    """Load weights saved by :func:`save_model_weights`; return their meta."""
+def read_model_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The (state dict, meta) of a file written by :func:`save_model_weights`."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: model weights missing (did the stage that writes them finish?)")
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(blob["model"], strict=strict)
-    return blob.get("meta", {})
+    return blob["model"], blob.get("meta", {})
+
+
+def load_model_weights(path: Path, model: torch.nn.Module, strict: bool = True) -> dict[str, Any]:
+    """Load weights saved by :func:`save_model_weights`; return their meta."""
+    state, meta = read_model_weights(path)
+    model.load_state_dict(state, strict=strict)
+    return meta
+
+
+def ready_model(model: torch.nn.Module, state: dict[str, torch.Tensor], device: torch.device | str) -> torch.nn.Module:
+    """Weights into a built model (strict), eval mode, on ``device``: the evaluator's and predict's one way to get
+    a trained model ready (from a run's weights file or an exported model's safetensors)."""
+    model.load_state_dict(state, strict=True)
+    return model.eval().to(device)

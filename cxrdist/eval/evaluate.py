@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cxrdist.data.external.common import label_masks
 from cxrdist.data.format import read_json
-from cxrdist.engine.checkpoint import load_model_weights
+from cxrdist.data.transforms import paste_maps
+from cxrdist.engine.checkpoint import read_model_weights, ready_model
 from cxrdist.eval.box_overlay import box_overlay
 from cxrdist.eval.boxes import boxes_from_heatmap, heatmap_to_image, scale_xywh
 from cxrdist.eval.classification import auroc_per_class
@@ -60,14 +60,8 @@ def uncrop_maps(maps: np.ndarray, loader: BaseLoader, compare: int) -> dict[tupl
         if not classes:
             continue
         g = loader.geometry(i, 0, 0)
-        sw, sh = meta["size"]
-        x0, y0 = round(g.x0 * compare / sw), round(g.y0 * compare / sh)
-        x1, y1 = round((g.x0 + g.w) * compare / sw), round((g.y0 + g.h) * compare / sh)
-        m = torch.from_numpy(maps[i][classes]).float()[None]
-        up = F.interpolate(m, size=(max(y1 - y0, 1), max(x1 - x0, 1)), mode="bilinear", align_corners=False)[0]
-        for c, plane in zip(classes, up):
-            canvas = torch.full((compare, compare), float(plane.min()))
-            canvas[y0:y1, x0:x1] = plane[: compare - y0, : compare - x0]
+        planes = paste_maps(torch.from_numpy(maps[i][classes]), g, tuple(meta["size"]), compare)
+        for c, canvas in zip(classes, planes):
             # float16 storage is what heatmaps.npz keeps; hand the localization code exactly those values.
             out[(reader.keys[i], c)] = canvas.numpy().astype(np.float16).astype(np.float32)
     return out
@@ -257,10 +251,8 @@ def evaluate_model(ctx: StageContext, stage: EvalStage, out_root: Path | None = 
     """Run the configured evaluation splits; return a summary for DONE.json."""
     from cxrdist import dist
 
-    model = stage.build_model(ctx)
     weights = stage.weights(ctx)
-    load_model_weights(weights, model)
-    model.to(ctx.env.device)
+    model = ready_model(stage.build_model(ctx), read_model_weights(weights)[0], ctx.env.device)
     out_root = out_root or ctx.stage_dir
     summary: dict[str, Any] = {"weights": str(weights)}
     for split in ctx.cfg.eval.splits:

@@ -82,6 +82,7 @@ def plot_heatmap_overlay(
     pred_boxes: np.ndarray,
     out_png: str | Path,
     title: str = "",
+    colorbar: str | None = None,
 ) -> Path:
     """Overlay a heatmap (upsampled, min-max to [0, 255]) on a grey image with GT and predicted boxes.
 
@@ -92,6 +93,7 @@ def plot_heatmap_overlay(
         pred_boxes: ``(M, 4)`` ``(x0, y0, x1, y1)`` in the same frame (red, dashed).
         out_png: output path.
         title: figure title.
+        colorbar: label of a colour bar for the heatmap (None: no bar).
 
     Returns:
         The path written.
@@ -106,7 +108,9 @@ def plot_heatmap_overlay(
     # extent puts pixel (r, c) on [c, c+1) x [r, r+1), the frame the boxes are given in.
     extent = (0, width, height, 0)
     ax.imshow(image, cmap="gray", vmin=0, vmax=255, extent=extent, interpolation="nearest")
-    ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=255, extent=extent, interpolation="nearest")
+    shown = ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=255, extent=extent, interpolation="nearest")
+    if colorbar:
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02, label=colorbar)
     _draw_boxes(ax, gt_boxes, "lime", "-", "ground truth")
     _draw_boxes(ax, pred_boxes, "red", "--", "predicted")
     ax.set(xlim=(0, width), ylim=(height, 0), xticks=[], yticks=[])

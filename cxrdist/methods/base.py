@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cxrdist.engine.predictor import AuxNet
 from cxrdist.engine.stages import EvalStage, Stage, StageContext, TrainStage
 from cxrdist.models.backbones import IMAGENET_WEIGHTS
 
@@ -97,6 +98,10 @@ class Method(ABC):
     @abstractmethod
     def stages(self) -> list[Stage]:
         """The ordered stages of this method."""
+
+    def aux_networks(self) -> list[AuxNet]:
+        """The auxiliary networks whose outputs the final model reads as sidecars (predict runs them per image)."""
+        return []
 
     def train_and_eval(self, stage: str, build_model, **train_kw: Any) -> list[Stage]:
         """The common tail: a TrainStage and the final EvalStage of its best-by-val model."""

@@ -25,9 +25,10 @@ import torch
 from omegaconf import OmegaConf
 
 from cxrdist.engine.checkpoint import load_model_weights
+from cxrdist.engine.predictor import AuxNet
 from cxrdist.engine.stages import EvalStage, FunctionStage, Stage, StageContext, TrainStage
 from cxrdist.methods.base import Method, register_method
-from cxrdist.methods.diseasemask_stages import align_images, black, build_masks, run_align
+from cxrdist.methods.diseasemask_stages import affine_rows, align_images, black, build_masks, run_align
 from cxrdist.models import build_model
 from cxrdist.models.alignment import warp_maps_back
 
@@ -115,6 +116,14 @@ class DiseaseMask(Method):
         """Continue from classify's best weights with the disease masks set (§3.1 "retrained ... five more epochs")."""
         load_model_weights(ctx.stage_path("classify", "best.pt"), model)
         model.set_masks(torch.from_numpy(np.load(ctx.stage_path("masks", "masks.npy"))))
+
+    def aux_networks(self) -> list[AuxNet]:
+        """The alignment net of ``align``, whose five affine parameters the classifier reads as ``affine``."""
+        m, tf = self.model_cfg, self.recipe("align").transforms
+        build = lambda: build_model(  # noqa: E731  (its trained weights are loaded: no ImageNet download)
+            "alignment", pretrained=False, in_chans=tf.channels, imagenet_weights=m.imagenet_weights
+        )
+        return [AuxNet("affine", "align", "alignment.pt", build, tf, affine_rows, kind="vector", dtype="float32")]
 
     def stages(self) -> list[Stage]:
         build = lambda name: lambda ctx: self.build_model(name)  # noqa: E731

@@ -47,6 +47,11 @@ def black(transforms: Any) -> Tensor:
     return normalize_batch(torch.zeros(1, 1, 1, 1), transforms.normalize, transforms.channels)
 
 
+def affine_rows(net: torch.nn.Module, images: Tensor) -> Tensor:
+    """The five affine parameters (s_x, s_y, t_x, t_y, theta) of each image (the ``affine`` sidecar's rows)."""
+    return net(images).float()
+
+
 def align_images(images: Tensor, params: Tensor, fill: Tensor) -> Tensor:
     """The sharp aligned images (kim2021 Eq. 6 without B∘G), padded with ``fill`` (black) outside the original."""
     fill = fill.to(images.device, images.dtype)
@@ -181,7 +186,7 @@ def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
 
     def compute(batch: dict[str, Any]) -> np.ndarray:
         with inference_autocast(ctx):
-            return net(batch["image"]).float().cpu().numpy()
+            return affine_rows(net, batch["image"]).cpu().numpy()
 
     notes = {"params": "(s_x, s_y, t_x, t_y, theta) of kim2021 Eq. 6; see cxrdist/models/alignment.py"}
     out = {}

@@ -20,13 +20,15 @@ Ablations: ``method.model.use_mask=false`` is "Ours w/o F_l" (Table 2; the seg a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
+from cxrdist.engine.predictor import AuxNet
 from cxrdist.engine.stages import EvalStage, FunctionStage, Stage, StageContext, TrainStage
 from cxrdist.methods.base import Method, register_method
-from cxrdist.methods.lungheart_stages import train_unet, write_masks
+from cxrdist.methods.lungheart_stages import mask_rows, train_unet, write_masks
 from cxrdist.models import build_model
 
 
@@ -87,6 +89,24 @@ class LungHeart(Method):
         if not self.model_cfg.use_mask:
             return {}
         return {"sidecars": {"mask": str(ctx.stage_path("masks", "{split}", "mask"))}}
+
+    def aux_networks(self) -> list[AuxNet]:
+        """The U-Net of ``seg``, whose union mask (the ``masks`` stage's rows) the classifier reads as ``mask``."""
+        if not self.model_cfg.use_mask:
+            return []
+        o, tf = self.options, self.recipe("seg").transforms
+        return [
+            AuxNet(
+                "mask",
+                "seg",
+                "best.pt",
+                lambda: build_model("unet", base_width=o.unet_width, in_chans=tf.channels),
+                tf,
+                partial(mask_rows, threshold=o.seg_threshold, size=o.mask_size),
+                kind="image",
+                dtype="float16",
+            )
+        ]
 
     def stages(self) -> list[Stage]:
         recipe = self.recipe("classify")

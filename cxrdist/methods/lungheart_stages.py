@@ -41,6 +41,12 @@ logger = logging.getLogger(__name__)
 NAMES = tuple(s.replace(" ", "_") for s in STRUCTURES)  # left_lung, right_lung, heart: metric keys
 
 
+def mask_rows(net: torch.nn.Module, images: torch.Tensor, threshold: float, size: int) -> torch.Tensor:
+    """fang2021's M_g of a batch: the union of the thresholded U-Net channels, area-averaged to ``size``² (B, s, s)."""
+    union = union_mask(net(images).float(), threshold)
+    return F.adaptive_avg_pool2d(union, size)[:, 0]  # area fraction: the mask stays fractional
+
+
 def seg_root(ctx: StageContext, root: str | None) -> Path:
     """``method.options.seg_root``, else the demo layout ``<data.root>/../phantom/segmentation``."""
     return Path(root) if root else Path(ctx.cfg.data.root).parent / "phantom" / "segmentation"
@@ -210,9 +216,7 @@ def write_masks(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
 
     def compute(batch: dict[str, Any]) -> np.ndarray:
         with inference_autocast(ctx):
-            logits = model(batch["image"])
-        union = union_mask(logits.float(), opts.seg_threshold)
-        return F.adaptive_avg_pool2d(union, size)[:, 0].cpu().numpy()  # area fraction: the mask stays fractional
+            return mask_rows(model, batch["image"], opts.seg_threshold, size).float().cpu().numpy()
 
     notes = {
         "what": "fang2021 M_g: union of U-Net left lung, right lung, heart (threshold "

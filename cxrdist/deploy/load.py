@@ -1,0 +1,242 @@
+"""``load_model(path)``: a run dir or an exported model → a ready :class:`~cxrdist.engine.predictor.Predictor`.
+
+Both sources go through one description of the model (the ``model.json`` an export writes, see
+:mod:`cxrdist.deploy.export`): method and config, the final model's transform, the auxiliary networks, the
+stored image size, the operating thresholds and provenance. A run dir's description is made from the run (its
+config, its shards' ``_dataset.json``, its weights files); an export's is read back and its version checked. The
+networks are built by the method's own builders with ``model.pretrained=false`` (the trained weights replace
+ImageNet's, so nothing is downloaded) and get their weights through :func:`~cxrdist.engine.checkpoint.ready_model`,
+the evaluator's step.
+
+Operating thresholds (:mod:`cxrdist.eval.thresholds`, Youden's J) come from the evaluator's predictions on the
+``val`` split of the same weights: ``RUN/eval/val/thresholds.json`` records them with the weights' sha256; when
+it is missing or of other weights, the val split is evaluated first (``launch/evaluate.py RUN --split val``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cxrdist import __version__
+from cxrdist.config import from_container, load_config, to_container
+from cxrdist.data.format import read_json
+from cxrdist.dist import DistEnv
+from cxrdist.engine.checkpoint import read_model_weights, ready_model
+from cxrdist.engine.pipeline import code_version, stage_dirs
+from cxrdist.engine.predictor import Predictor
+from cxrdist.engine.stages import EvalStage, StageContext
+from cxrdist.engine.strategy import resolve_precision
+from cxrdist.eval.thresholds import sigmoid, youden_thresholds
+from cxrdist.job import evaluate_run
+from cxrdist.labels import LABELS
+from cxrdist.log import Tracker
+from cxrdist.methods import Method, get_method
+
+logger = logging.getLogger(__name__)
+FORMAT = "cxrdist-model"
+FORMAT_VERSION = 1  # bump when model.json or the weights' key layout changes meaning
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.safetensors"
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def method_for_inference(cfg: DictConfig) -> tuple[Method, EvalStage, list]:
+    """The configured method (``pretrained`` off: trained weights follow), its final EvalStage and its stages."""
+    cfg = from_container(to_container(cfg))
+    if "pretrained" in cfg.method.model:
+        cfg.method.model.pretrained = False
+    method = get_method(cfg.method.name)(cfg)
+    stages = method.stages()
+    final = next((s for s in reversed(stages) if isinstance(s, EvalStage)), None)
+    if final is None:
+        raise ValueError(f"method {cfg.method.name} has no evaluation stage: nothing defines its final model")
+    return method, final, stages
+
+
+def _eval_stage_val(run_dir: Path, weights: Path) -> Path | None:
+    """The run's own evaluation of ``weights`` on val (``eval.splits`` with val), if it made one."""
+    for done in sorted((run_dir / "stages").glob("*/DONE.json")):
+        record = json.loads(done.read_text())
+        npz = done.parent / "val" / "predictions.npz"
+        evaluated = Path(str(record.get("outputs", {}).get("weights", "")))
+        if evaluated.parts[-3:] == Path(weights).parts[-3:] and npz.is_file():  # stages/NN_name/best.pt
+            return npz
+    return None
+
+
+def val_thresholds(run_dir: Path, stage: str | None, weights: Path) -> dict[str, Any]:
+    """Youden-J thresholds of ``weights`` on the val split (evaluated first when not recorded for them)."""
+    out, digest = Path(run_dir) / "eval" / "val", sha256(weights)
+    record_path = out / "thresholds.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("weights_sha256") == digest:
+            return record
+    source = _eval_stage_val(Path(run_dir), weights)
+    if source is None:
+        logger.info("operating thresholds: evaluating %s on val first (Youden's J is chosen there)", weights)
+        evaluate_run(Path(run_dir), ["val"], stage=stage)
+        source = out / "predictions.npz"
+    with np.load(source) as z:
+        labels, probs = z["labels"], sigmoid(z["logits"])
+    record = {
+        "rule": "youden_j",
+        "split": "val",
+        "num_samples": len(labels),
+        "weights": str(weights),
+        "weights_sha256": digest,
+        "predictions": str(source),
+        "per_class": youden_thresholds(labels, probs),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(record_path, record)
+    return record
+
+
+def _transforms(tf: Any) -> dict[str, Any]:
+    tf = OmegaConf.to_container(tf) if isinstance(tf, DictConfig) else dict(tf)
+    return {"eval": [dict(o) for o in tf["eval"]], "normalize": tf["normalize"], "channels": int(tf["channels"])}
+
+
+def describe_run(run_dir: Path, stage: str | None = None) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """A run dir's model description (what ``model.json`` holds) and weights (``model`` and each aux sidecar)."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    method, final, stages = method_for_inference(cfg)
+    ctx = StageContext(cfg=cfg, run_dir=run_dir, env=DistEnv(), tracker=Tracker())
+    ctx.stage_dirs = stage_dirs(run_dir, stages)
+    if stage is not None and stage not in ctx.stage_dirs:
+        names = ", ".join(ctx.stage_dirs)
+        raise ValueError(f"--stage {stage}: method {cfg.method.name} has no such stage (its stages: {names})")
+    weights = ctx.stage_dirs[stage] / "best.pt" if stage else Path(final.weights(ctx))
+    states = {"model": read_model_weights(weights)[0]}
+    aux = []
+    for a in method.aux_networks():
+        path = ctx.stage_path(a.stage, a.weights)
+        states[f"aux.{a.sidecar}"] = read_model_weights(path)[0]
+        aux.append({"sidecar": a.sidecar, "stage": a.stage, "weights_sha256": sha256(path)})
+    dataset = read_json(Path(cfg.data.root) / "_dataset.json")
+    spec = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cxrdist_version": __version__,
+        "method": cfg.method.name,
+        "weights_stage": stage or weights.parent.name.split("_", 1)[1],
+        "labels": list(LABELS),
+        "transforms": _transforms(final.transforms(ctx)),
+        "aux": aux,
+        "stored_size": int(dataset["config"]["size"] or 0),
+        "compare_size": int(cfg.eval.compare_size),
+        "box_threshold": float(cfg.eval.thresholds[0]),
+        "thresholds": val_thresholds(run_dir, stage, weights),
+        "provenance": {
+            "run_dir": str(run_dir.resolve()),
+            "weights_sha256": sha256(weights),
+            "code_version": code_version(),
+            "shards": {k: dataset.get(k) for k in ("config_hash", "config", "sources")},
+        },
+        "config": to_container(cfg),
+    }
+    return spec, states
+
+
+def check_compatible(spec: dict[str, Any], where: Path) -> None:
+    """Refuse a model description this cxrdist cannot read (one line saying what to do)."""
+    if spec.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a cxrdist model (format {spec.get('format')!r}, expected {FORMAT!r})")
+    theirs, ours = str(spec.get("cxrdist_version", "?")), __version__
+    if spec.get("format_version") != FORMAT_VERSION or theirs.split(".")[:2] != ours.split(".")[:2]:
+        raise ValueError(
+            f"{where}: exported by cxrdist {theirs} (model format {spec.get('format_version')}); this is cxrdist "
+            f"{ours}, which reads format {FORMAT_VERSION} from cxrdist {'.'.join(ours.split('.')[:2])}.*: export "
+            f"the run again with this version, or install cxrdist {theirs}"
+        )
+
+
+def assemble(spec: dict[str, Any], states: dict[str, dict[str, torch.Tensor]], device: Any = None) -> Predictor:
+    """A Predictor from a model description and its weights (the method's builders, ``ready_model``)."""
+    device = torch.device(device) if device is not None else DistEnv().device
+    cfg = from_container(spec["config"])
+    method, final, stages = method_for_inference(cfg)
+    ctx = StageContext(cfg=cfg, run_dir=Path("."), env=DistEnv(), tracker=Tracker())
+    ctx.stage_dirs = stage_dirs(Path("."), stages)
+    model = ready_model(final.build_model(ctx), states["model"], device)
+    aux = [(a, ready_model(a.build(), states[f"aux.{a.sidecar}"], device)) for a in method.aux_networks()]
+    for a, _ in aux:
+        a.transforms = _transforms(a.transforms)
+    per_class = spec["thresholds"]["per_class"]
+    return Predictor(
+        labels=list(spec["labels"]),
+        model=model,
+        maps=final.maps,
+        transforms=spec["transforms"],
+        stored_size=int(spec["stored_size"]),
+        compare_size=int(spec["compare_size"]),
+        thresholds=[per_class[name]["threshold"] for name in spec["labels"]],
+        box_threshold=float(spec["box_threshold"]),
+        device=device,
+        aux=aux,
+        aux_dtype=resolve_precision(cfg.engine.precision, device),
+        info={k: spec[k] for k in ("method", "weights_stage", "provenance", "cxrdist_version")},
+    )
+
+
+def load_export(path: Path, device: Any = None) -> Predictor:
+    """An exported model folder (``model.json`` + ``weights.safetensors``) → Predictor."""
+    path = Path(path)
+    spec = json.loads((path / MODEL_JSON).read_text())
+    check_compatible(spec, path / MODEL_JSON)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise ValueError(f"{path}: {WEIGHTS} is missing; copy the whole exported folder")
+    if sha256(weights) != spec["weights_sha256"]:
+        raise ValueError(f"{weights}: sha256 differs from model.json's: the file is damaged or from another export")
+    flat = safetensors.torch.load_file(str(weights))
+    states: dict[str, dict[str, torch.Tensor]] = {"model": {}}
+    for key, tensor in flat.items():
+        group, name = key.split("/", 1)
+        states.setdefault(group, {})[name] = tensor
+    return assemble(spec, states, device)
+
+
+def load_model(path: str | os.PathLike, *, stage: str | None = None, device: Any = None) -> Predictor:
+    """A trained model, ready to predict: ``path`` is a run dir (``stage``: that stage's ``best.pt``; default the
+    method's final model) or a folder written by ``launch/export.py``. ``device``: default CUDA when present.
+
+    >>> model = cxrdist.load_model("runs/chexnet")
+    >>> out = model.predict(["scan.dcm", "folder/x.png"])  # out["probs"], out["heatmaps"], out["calls"]
+    """
+    path = Path(path)
+    if (path / MODEL_JSON).is_file():
+        if stage is not None:
+            raise ValueError(f"{path} is an exported model (one stage's weights); --stage applies to run dirs")
+        return load_export(path, device)
+    if (path / "config.yaml").is_file():
+        spec, states = describe_run(path, stage)
+        return assemble(spec, states, device)
+    raise ValueError(f"{path}: neither an exported model (no {MODEL_JSON}) nor a run dir (no config.yaml)")

@@ -1,0 +1,37 @@
+"""Export a trained model: ``python launch/export.py RUN_DIR --out MODEL_DIR [--stage NAME]``.
+
+MODEL_DIR gets weights.safetensors (every network the method needs, no pickle) and model.json (method, config,
+labels, eval transform, operating thresholds, provenance, cxrdist version): ``launch/predict.py MODEL_DIR`` and
+``cxrdist.load_model(MODEL_DIR)`` then need neither the run dir nor the shards. A run without operating
+thresholds gets them first (its val split is evaluated). Mistakes are one line on stderr, exit status 2.
+"""
+
+import sys
+from pathlib import Path
+
+from cxrdist import cli
+from cxrdist.deploy.export import check_out, export_model
+from cxrdist.log import setup_logging
+from cxrdist.preflight import check_run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check the request, then write the export."""
+    p = cli.parser("export.py", __doc__)
+    p.add_argument("run_dir", type=Path, help="run dir of a trained run")
+    p.add_argument("--out", type=Path, required=True, help="the export folder (new or empty)")
+    p.add_argument("--stage", help="export this stage's best.pt (default: the method's final model)")
+    args = p.parse_args(argv)
+    setup_logging(None, 0)
+    try:
+        check_run_dir(args.run_dir, "export")
+        check_out(args.out)
+        out = export_model(args.run_dir, args.out, stage=args.stage)
+    except cli.USAGE_ERRORS as e:
+        return cli.usage_exit("export.py", e)
+    print(f"exported to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
