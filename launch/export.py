@@ -22,10 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="the export folder (new or empty)")
     p.add_argument("--stage", help="export this stage's best.pt (default: the method's final model)")
     args = p.parse_args(argv)
-    setup_logging(None, 0)
     try:
         check_run_dir(args.run_dir, "export")
         check_out(args.out)
+        setup_logging(None, 0)
         out = export_model(args.run_dir, args.out, stage=args.stage)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("export.py", e)

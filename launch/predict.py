@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16, help="images per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     args = p.parse_args(argv)
-    setup_logging(None, 0)
     try:
         cli.check_positive(batch=args.batch)
         check_request(args.images, args.out)
+        setup_logging(None, 0)  # the console: loading may evaluate val first, predict shows its progress
         model = load_model(args.model, stage=args.stage, device=args.device)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("predict.py", e)

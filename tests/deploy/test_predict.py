@@ -21,8 +21,8 @@ from cxrdist.eval.thresholds import sigmoid  # noqa: E402
 NUM = 12  # test images compared per method
 # Predict skips the shard's JPEG encode (quality 95, ≤ 7 grey levels per pixel at 64 px, see tests/data/test_images.py);
 # measured on these jittered random networks: max |Δp| 4.2e-5 (dcnn) … 2.4e-4 (lungheart); on the tiny trained runs of
-# tests/methods/tiny_methods.py ≤ 4.2e-4 (lungheart; 71 test images, 24 compared per method). Stated: 1e-2.
-TOLERANCE = 1e-2
+# tests/methods/tiny_methods.py ≤ 4.2e-4 (lungheart; 71 test images, 24 compared per method). Stated: 2e-3.
+TOLERANCE = 2e-3
 
 
 def _evaluator(run: Path, split: str) -> np.ndarray:
