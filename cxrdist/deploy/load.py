@@ -104,6 +104,7 @@ def val_thresholds(run_dir: Path, stage: str | None, weights: Path) -> dict[str,
         source = out / "predictions.npz"
     with np.load(source) as z:
         labels, probs = z["labels"], sigmoid(z["logits"])
+        mask = z["label_mask"] if "label_mask" in z.files else None  # an external set's known labels
     record = {
         "rule": "youden_j",
         "split": "val",
@@ -111,7 +112,7 @@ def val_thresholds(run_dir: Path, stage: str | None, weights: Path) -> dict[str,
         "weights": str(weights),
         "weights_sha256": digest,
         "predictions": str(source),
-        "per_class": youden_thresholds(labels, probs),
+        "per_class": youden_thresholds(labels, probs, mask),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json(record_path, record)

@@ -93,7 +93,8 @@ def eval_batch(grays: Sequence[np.ndarray], transforms: Any, device: torch.devic
     """Stored grey images → the loader's eval batch (normalised, on ``device``) and each image's geometry."""
     ops = [dict(o) for o in transforms["eval"]]
     geoms = [sample_geometry(ops, (g.shape[1], g.shape[0]), None) for g in grays]
-    x = torch.stack([apply_geometry_torch(torch.from_numpy(np.require(g, requirements=["C", "W"])), s) for g, s in zip(grays, geoms)])
+    images = [torch.from_numpy(np.require(g, requirements=["C", "W"])) for g in grays]  # writable: no torch warning
+    x = torch.stack([apply_geometry_torch(img, s) for img, s in zip(images, geoms)])
     return normalize_batch(x.to(device), transforms["normalize"], int(transforms["channels"])), geoms
 
 

@@ -20,24 +20,29 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0.0, -z))
 
 
-def youden_thresholds(labels: np.ndarray, probs: np.ndarray) -> dict[str, dict[str, float | int | None]]:
+def youden_thresholds(
+    labels: np.ndarray, probs: np.ndarray, mask: np.ndarray | None = None
+) -> dict[str, dict[str, float | int | None]]:
     """Per class (``LABELS`` order): threshold, J, sensitivity and specificity at it, and the counts it came from.
 
     Ties in J go to the highest threshold (fewest positive calls). ``probs`` are probabilities, not logits.
+    ``mask`` (N, 14): 1 where the label is known (an external set's ``label_mask``); None: all known.
     """
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
     if labels.shape != probs.shape or labels.ndim != 2 or labels.shape[1] != len(LABELS):
         raise ValueError(f"labels {labels.shape} and probabilities {probs.shape} must both be (N, {len(LABELS)})")
     out: dict[str, dict[str, float | int | None]] = {}
+    known = np.ones(labels.shape, dtype=bool) if mask is None else np.asarray(mask).astype(bool)
     for c, name in enumerate(LABELS):
-        pos = int(labels[:, c].sum())
-        rec: dict[str, float | int | None] = {"positives": pos, "negatives": len(labels) - pos}
-        if pos == 0 or pos == len(labels):
+        y, p = labels[known[:, c], c], probs[known[:, c], c]
+        pos = int(y.sum())
+        rec: dict[str, float | int | None] = {"positives": pos, "negatives": len(y) - pos}
+        if pos == 0 or pos == len(y):
             out[name] = rec | {"threshold": None, "j": None, "sensitivity": None, "specificity": None}
             continue
-        fpr, tpr, cuts = roc_curve(labels[:, c], probs[:, c], drop_intermediate=False)
+        fpr, tpr, cuts = roc_curve(y, p, drop_intermediate=False)
         j = tpr - fpr
-        best = int(np.flatnonzero(j == j.max())[0])  # roc_curve orders cuts high → low: first = highest
+        best = int(np.flatnonzero(j >= j.max() - 1e-12)[0])  # cuts run high → low: the first tie is the highest
         cut = float(min(cuts[best], 1.0))  # roc_curve's first cut is max + 1 (no positive call)
         out[name] = rec | {
             "threshold": cut,
