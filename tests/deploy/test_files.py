@@ -99,6 +99,13 @@ def test_folder_of_png_dicom_and_bad_files(run: Path, inputs: Path, tmp_path: Pa
     with np.load(out / "heatmaps.npz") as z:
         assert z["maps"].shape[:2] == (7, 14) and z["windows"].shape == (7, 4)
         assert sorted(Path(f).name for f in z["files"]) == sorted(rows)
+    # the API: a path, its pixels as an array, and as grey RGB give one answer
+    png = inputs / "png" / first
+    pixels = read_image(png).pixels
+    api = model.predict([png, pixels, np.repeat(pixels[..., None], 3, axis=2), inputs / "bad" / "notes.txt"])
+    assert api["names"] == [str(png), "array[1]", "array[2]"] and len(api["skipped"]) == 1
+    np.testing.assert_allclose(api["probs"], np.repeat(api["probs"][:1], 3, axis=0), rtol=0, atol=1e-6)
+    assert abs(api["probs"][0] - [float(rows[first][n]) for n in model.labels]).max() <= 1e-5
 
 
 def test_out_must_be_new_and_outside_the_inputs(run: Path, inputs: Path, tmp_path: Path):
