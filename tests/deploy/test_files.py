@@ -116,6 +116,11 @@ def test_out_must_be_new_and_outside_the_inputs(run: Path, inputs: Path, tmp_pat
     assert main([str(run), "--images", str(inputs), "--out", str(tmp_path / "full")]) == 2
     assert main([str(tmp_path), "--images", str(inputs), "--out", str(tmp_path / "new")]) == 2  # not a model
     assert not (inputs / "png" / "out").exists() and not (tmp_path / "new").exists()
+    export = runpy.run_path(str(REPO / "launch" / "export.py"))["main"]
+    assert export([str(tmp_path / "no-run"), "--out", str(tmp_path / "model")]) == 2  # no such run dir
+    assert export([str(run), "--out", str(tmp_path / "full")]) == 2  # not an empty folder
+    assert export([str(run), "--out", str(tmp_path / "model"), "--stage", "nope"]) == 2  # no such stage
+    assert not (tmp_path / "model").exists()
 
 
 def test_export_predicts_the_same_without_run_dir(run: Path, inputs: Path, tmp_path: Path, monkeypatch):
