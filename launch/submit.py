@@ -13,13 +13,14 @@ import sys
 from cxrdist import cli
 from cxrdist.launcher import failure_summary, wait_results
 from cxrdist.progress import follow
-from cxrdist.sweep import print_sweep, submit_any
+from cxrdist.sweep import print_sweep
+from cxrdist.sweep import submit_any as submit  # a sweep with -m, else one run
 
 
 def main(argv: list[str] | None = None) -> int:
     """Submit (or preview) the job; with --wait or --cluster local, follow it to the end."""
     try:
-        out = submit_any(sys.argv[1:] if argv is None else argv)
+        out = submit(sys.argv[1:] if argv is None else argv)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("submit.py", e)
     if "sweep" in out:
