@@ -136,6 +136,13 @@ def describe_run(run_dir: Path, stage: str | None = None) -> tuple[dict[str, Any
         raise ValueError(f"--stage {stage}: method {cfg.method.name} has no such stage (its stages: {names})")
     weights = ctx.stage_dirs[stage] / "best.pt" if stage else Path(final.weights(ctx))
     states = {"model": read_model_weights(weights)[0]}
+    try:  # before the val evaluation: a stage of another network (e.g. lungheart's seg U-Net) is one line
+        final.build_model(ctx).load_state_dict(states["model"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{weights}: not weights of {cfg.method.name}'s final model ({str(e).strip().splitlines()[0]}); "
+            "choose a stage that trains that network"
+        ) from None
     aux = []
     for a in method.aux_networks():
         path = ctx.stage_path(a.stage, a.weights)

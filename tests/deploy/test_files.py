@@ -120,6 +120,7 @@ def test_out_must_be_new_and_outside_the_inputs(run: Path, inputs: Path, tmp_pat
     assert export([str(tmp_path / "no-run"), "--out", str(tmp_path / "model")]) == 2  # no such run dir
     assert export([str(run), "--out", str(tmp_path / "full")]) == 2  # not an empty folder
     assert export([str(run), "--out", str(tmp_path / "model"), "--stage", "nope"]) == 2  # no such stage
+    assert main([str(run), "--stage", "seg", "--images", str(inputs), "--out", str(tmp_path / "new")]) == 2  # U-Net
     assert not (tmp_path / "model").exists()
 
 
