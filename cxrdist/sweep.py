@@ -7,13 +7,15 @@ run in its own run dir ``runs/<name>/<override-dir>`` (``--name``, default ``swe
 element's config is composed and checked, and every run dir checked (a different saved config is refused,
 unless ``--force``), before any run dir is taken or anything submitted; each element then takes its run dir's
 lock, so it resumes and refuses exactly as a single run does. The array's submitit folder is
-``runs/<name>/submitit``. ``--dry-run`` prints the elements and the array's job script. Waiting (``--wait``,
+``runs/<name>/submitit``. ``--dry-run`` prints the elements and the array's job script. ``--cluster local`` runs
+the elements on this machine one after another (at once they would share its CPUs and GPUs). Waiting (``--wait``,
 ``--cluster local``), the sweep ends with its leaderboard: ``runs/<name>/report/report.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import sys
@@ -31,6 +33,7 @@ from cxrdist.data.format import read_json
 from cxrdist.eval.report import write_report
 from cxrdist.job import Job
 from cxrdist.prepare import _check_saved_config, prepare_run
+from cxrdist.progress import follow
 
 logger = logging.getLogger(__name__)
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -125,19 +128,40 @@ def _check_run_dirs(cfgs: list, force: bool) -> None:
             _check_saved_config(cfg, run_dir, force)
 
 
+def _submit_one(args: argparse.Namespace, root: Path, tasks: int, cfg) -> tuple[Any, Path]:
+    """Take one element's run dir and submit it alone (``--cluster local``/``debug``)."""
+    token = rundir.new_token()
+    run_dir = prepare_run(cfg, force=args.force, lock=token, role="a sweep element")
+    try:
+        job = launcher.build_executor(args, root / "submitit", tasks, cfg).submit(
+            Job(to_container(cfg), str(run_dir), token)
+        )
+    except BaseException:
+        rundir.release_lock(run_dir, token)
+        raise
+    if args.cluster == "local":
+        rundir.update_lock(run_dir, token, pid=int(job.job_id), role=f"local job {job.job_id}")
+    return job, run_dir
+
+
 def submit_sweep(argv: list[str]) -> dict[str, Any]:
-    """Check every element, take every run dir, submit one job array; returns what submit.py prints."""
+    """Check every element and run dir; on Slurm take every run dir and submit ONE job array. On this machine
+    (``--cluster local``/``debug``) the elements run one after another when waited for (:func:`wait_sweep`): at
+    once they would share its CPUs and GPUs (submitit's local executor gives every job the same GPUs)."""
     args, root, elements, tasks = _resolve_all(argv)
     cfgs = [cfg for cfg, _ in elements]
     listing = [(cfg.run_dir, values) for cfg, values in elements]
+    base = {"sweep": listing, "root": str(root), "tasks": tasks}
     if args.dry_run:
         ex = _array_executor(args, root, tasks, cfgs[0], len(cfgs), preview=True)
-        notes = launcher.dry_run_notes(cfgs[0])
-        return {"sweep": listing, "script": launcher.job_script(ex), "tasks": tasks, "root": str(root), "notes": notes}
+        return base | {"script": launcher.job_script(ex), "notes": launcher.dry_run_notes(cfgs[0])}
     if args.cluster == "slurm":
         launcher.check_slurm()
     _check_run_dirs(cfgs, args.force)
-    submitted, taken = time.time(), []
+    submitted = time.time()
+    if args.cluster != "slurm":
+        return base | {"pending": cfgs, "args": args, "submitted": submitted, "wait": True}
+    taken: list[tuple[Path, str]] = []
     try:
         for cfg in cfgs:
             token = rundir.new_token()
@@ -150,31 +174,34 @@ def submit_sweep(argv: list[str]) -> dict[str, Any]:
             rundir.release_lock(rd, tok)
         raise
     for job, (rd, tok) in zip(jobs, taken):
-        if args.cluster == "slurm":
-            rundir.update_lock(rd, tok, slurm_job_id=str(job.job_id), role=f"Slurm job {job.job_id}")
-        elif args.cluster == "local":
-            rundir.update_lock(rd, tok, pid=int(job.job_id), role=f"local job {job.job_id}")
-    return {
-        "sweep": listing,
-        "jobs": jobs,
-        "run_dirs": [rd for rd, _ in taken],
-        "root": str(root),
-        "submitted": submitted,
-        "tasks": tasks,
-        "wait": args.wait or args.cluster in ("debug", "local"),
-    }
+        rundir.update_lock(rd, tok, slurm_job_id=str(job.job_id), role=f"Slurm job {job.job_id}")
+    run_dirs = [rd for rd, _ in taken]
+    return base | {"jobs": jobs, "run_dirs": run_dirs, "submitted": submitted, "wait": args.wait}
+
+
+def _failure(run_dir: Path, job: Any, e: Exception, since: float) -> str:
+    return f"{run_dir}: job {job.job_id} failed: {launcher.failure_summary(run_dir, e, since)}"
 
 
 def wait_sweep(out: dict[str, Any]) -> list[str]:
-    """Wait for every element; return one line per failed element (empty: all finished)."""
+    """Wait for (on this machine: run, one after another) every element; one line per failed element."""
     failed = []
+    if "pending" in out:
+        args = out["args"]
+        for cfg in out["pending"]:
+            job, run_dir = _submit_one(args, Path(out["root"]), out["tasks"], cfg)
+            print(f"running {run_dir} (job {job.job_id})", flush=True)
+            try:
+                with follow(run_dir) if args.cluster == "local" else contextlib.nullcontext():
+                    launcher.wait_results(job)
+            except Exception as e:  # name the rank that failed first, as a single run does; go on with the next
+                failed.append(_failure(run_dir, job, e, out["submitted"]))
+        return failed
     for job, run_dir in zip(out["jobs"], out["run_dirs"]):
         try:
             launcher.wait_results(job)
-        except Exception as e:  # name the rank that failed first, as a single run does
-            failed.append(
-                f"{run_dir}: job {job.job_id} failed: {launcher.failure_summary(run_dir, e, out['submitted'])}"
-            )
+        except Exception as e:
+            failed.append(_failure(run_dir, job, e, out["submitted"]))
     return failed
 
 
@@ -193,8 +220,13 @@ def print_sweep(out: dict[str, Any]) -> int:
         for note in out["notes"]:
             print(f"# note: {note}")
         return 0
-    ids = ", ".join(str(j.job_id) for j in out["jobs"])
-    print(f"submitted a job array of {len(out['jobs'])} ({ids}); leaderboard: python launch/report.py {out['root']}")
+    if "jobs" in out:
+        ids = ", ".join(str(j.job_id) for j in out["jobs"])
+        print(
+            f"submitted a job array of {len(out['jobs'])} ({ids}); leaderboard: python launch/report.py {out['root']}"
+        )
+    else:
+        print(f"{len(out['pending'])} runs on this machine, one after another; then the leaderboard", flush=True)
     if not out["wait"]:
         return 0
     failed = wait_sweep(out)

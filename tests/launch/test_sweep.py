@@ -99,13 +99,16 @@ def test_local_sweep_of_two_methods_and_two_seeds_ends_with_its_leaderboard(
             f"data.root={shard_root}", *TINY]  # fmt: skip
     assert _submit().main(argv) == 0
     out = capsys.readouterr().out
-    assert "submitted a job array of 4" in out and "sweep finished; leaderboard written to" in out
+    assert "4 runs on this machine, one after another" in out and "sweep finished; leaderboard written to" in out
     dirs = ["method=chexnet,seed=0", "method=chexnet,seed=1", "method=dcnn,seed=0", "method=dcnn,seed=1"]
     for d in dirs:
         saved = yaml.safe_load((root / d / "config.yaml").read_text())
         assert f"method={saved['method']['name']},seed={saved['seed']}" == d
         assert (root / d / "stages" / "01_eval" / "DONE.json").is_file()
         assert not (root / d / "lock.json").exists()  # each element gave its run dir back
+    for before, after in zip(dirs, dirs[1:]):  # one after another: the next run dir is taken when one has ended
+        done = (root / before / "stages" / "01_eval" / "DONE.json").stat().st_mtime
+        assert (root / after / "attempts.jsonl").stat().st_mtime >= done, (before, after)
     md = (root / "report" / "report.md").read_text()
     board = md.split("## Leaderboard (test)")[1].split("![forest plot]")[0]
     rows = {
