@@ -219,6 +219,10 @@ def _headline(split: str, metrics: dict[str, Any]) -> dict[str, Any]:
         out |= {f"{split}/auroc_mean_ci_low": lo, f"{split}/auroc_mean_ci_high": hi}
     if "localization" in metrics:  # fixed thresholds only: the oracle variant is never a headline
         out |= {f"{split}/{k}": v for k, v in fixed_threshold_summary(metrics["localization"]).items()}
+    for thr, figs in metrics.get("localization_intervals", {}).items():  # the same headlines' patient-bootstrap CIs
+        for fig, key in (("kim_acc_iou>0.3", f"kim_iou0.3_mean_T{thr}"), ("fang_iou", f"fang_iou_boxes_T{thr}")):
+            lo, hi = figs[fig]["ci"]
+            out |= {f"{split}/{key}_ci_low": lo, f"{split}/{key}_ci_high": hi}
     return out
 
 

@@ -14,7 +14,13 @@ import yaml
 from cxrdist.config import compose, to_container
 from cxrdist.eval.bootstrap import bootstrap_class_means
 from cxrdist.eval.classification import auroc_per_class
-from cxrdist.eval.compare import localization_intervals, paired_comparison, paired_localization, patients_of
+from cxrdist.eval.compare import (
+    auroc_intervals,
+    localization_intervals,
+    paired_comparison,
+    paired_localization,
+    patients_of,
+)
 from cxrdist.eval.leaderboard import find_runs, group_runs, run_labels
 from cxrdist.eval.localization import evaluate_localization
 from cxrdist.eval.report import load_runs, write_report
@@ -232,3 +238,18 @@ def test_report_cli_refuses_an_unknown_baseline(tmp_path: Path, shards: Path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--baseline" in err[0] and "not one of the runs" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_headline_scalars_carry_the_intervals():
+    from cxrdist.eval.evaluate import _headline
+
+    labels, pids, _ = _data()
+    scores = np.random.default_rng(2).normal(size=labels.shape) + labels
+    loc, patient = _loc(8)
+    metrics = {"auroc": auroc_per_class(labels, scores), "localization": loc}
+    metrics["intervals"] = auroc_intervals(labels, scores, pids, num_resamples=100)
+    metrics["localization_intervals"] = localization_intervals(loc, patient, num_resamples=100)
+    h = _headline("bbox", metrics)
+    assert [h["bbox/auroc_mean_ci_low"], h["bbox/auroc_mean_ci_high"]] == metrics["intervals"]["mean"]["bootstrap"]
+    assert h["bbox/fang_iou_boxes_T60_ci_low"] <= h["bbox/fang_iou_boxes_T60"] <= h["bbox/fang_iou_boxes_T60_ci_high"]
+    assert "bbox/kim_iou0.3_mean_T180_ci_high" in h
