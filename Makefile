@@ -25,7 +25,7 @@ test-slurm: venv
 	$(PY) -m pytest -m slurm $(PYTEST_ARGS)
 
 demo: venv
-	$(PY) -m cxrdist.demo --out $(DEMO_DIR)
+	$(PY) -m cxrdist.run.demo --out $(DEMO_DIR)
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

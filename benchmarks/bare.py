@@ -19,6 +19,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from cxrdist.data.loaders.base import decode_gray
 from cxrdist.data.reader import ShardReader
 from cxrdist.data.transforms import (
     IMAGENET_MEAN,
@@ -29,7 +30,6 @@ from cxrdist.data.transforms import (
     sample_geometry,
     sample_rng,
 )
-from cxrdist.data.webdataset import decode_gray
 
 MAX_GREY_DIFF = 3.0  # the loaders' own DALI-vs-torch tolerance (tests/data/test_loaders.py)
 

@@ -13,7 +13,7 @@ variants are timed interleaved ``--repeat`` times; medians (the ratio: median of
 Wall time is the goal's measure; this process's CPU time per step is printed too (steadier on a shared machine).
 
 Goal: bare / engine ≤ 1.05 (steps/s), i.e. the engine costs ≤ 5 %.
-Run: ``.venv/bin/python benchmarks/engine_overhead.py [--world 1|2] [--model resnet18|cnn] [--steps 30]``
+Run: ``.venv/bin/python -m benchmarks.engine_overhead [--world 1|2] [--model resnet18|cnn] [--steps 30]``
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,21 +30,17 @@ from typing import Any
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-# Run as a plain script from a checkout where cxrdist is not installed into the venv.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrdist import dist  # noqa: E402
-from cxrdist.config import compose  # noqa: E402
-from cxrdist.engine.losses import bce  # noqa: E402
-from cxrdist.engine.optim import build_optimizer  # noqa: E402
-from cxrdist.engine.stages import StageContext, TrainStage  # noqa: E402
-from cxrdist.engine.syncbn import convert_sync_batchnorm  # noqa: E402
-from cxrdist.engine.trainer import Trainer  # noqa: E402
-from cxrdist.log import Tracker  # noqa: E402
+from cxrdist import dist
+from cxrdist.config import compose
+from cxrdist.engine.losses import bce
+from cxrdist.engine.optim import build_optimizer
+from cxrdist.engine.stages import StageContext, TrainStage
+from cxrdist.engine.syncbn import convert_sync_batchnorm
+from cxrdist.engine.trainer import Trainer
+from cxrdist.log import Tracker
 
 GOAL = 1.05
 # ddp-local-bn: the engine with engine.sync_bn=false (BatchNorm per rank): what synchronised BatchNorm costs on CPU
@@ -149,7 +144,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, result: s
     if world == 1 and any(v.startswith("deepspeed") for v in args.variants):
         # DeepSpeedStrategy passes dist_init_required=False at world 1, and DeepSpeed then asserts that a process
         # group and LOCAL_RANK exist: give it a 1-rank gloo group (dist.is_distributed() stays False).
-        from cxrdist.job import free_port
+        from cxrdist.dist import free_port
 
         port = free_port()
         torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
@@ -200,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             import torch.multiprocessing as mp
 
-            from cxrdist.job import free_port
+            from cxrdist.dist import free_port
 
             mp.start_processes(worker, args=(args.world, free_port(), args, result), nprocs=args.world,
                                start_method="spawn")  # fmt: skip

@@ -20,20 +20,16 @@ import argparse
 import cProfile
 import os
 import pstats
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 # Run as a plain script from a checkout where cxrdist is not installed into the venv.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.engine_overhead import VARIANTS, build_variant, make_batches  # noqa: E402 (sets DS_ACCELERATOR)
-from cxrdist import dist  # noqa: E402
+from benchmarks.engine_overhead import VARIANTS, build_variant, make_batches  # (sets DS_ACCELERATOR)
+from cxrdist import dist
 
 PACKAGES = ("deepspeed", "cxrdist", "torch", "other")
 
@@ -101,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     env = dist.DistEnv()
     if any(v.startswith("deepspeed") for v in args.variants):
-        from cxrdist.job import free_port  # as engine_overhead.py: DeepSpeed needs a process group at world 1
+        from cxrdist.dist import free_port  # as engine_overhead.py: DeepSpeed needs a process group at world 1
 
         torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
                                              world_size=1)  # fmt: skip

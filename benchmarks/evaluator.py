@@ -5,10 +5,10 @@ Table 1, and 984 boxes on 880 images with fang2021 Table 1's per-class box count
 a 224² heatmap made of smooth Gaussian blobs (one near the GT box most of the time, so the overlaps are not all 0).
 
 Goal (task brief): ≤ 2 s for both on 2 CPU cores, judged on the median of ``--repeat`` runs.
-Run: ``.venv/bin/python benchmarks/evaluator.py [--num-samples N] [--num-boxes B] [--size S] [--compare-size C]``
+Run: ``.venv/bin/python -m benchmarks.evaluator [--num-samples N] [--num-boxes B] [--size S] [--compare-size C]``
 (e.g. ``--size 7 --compare-size 224`` for raw 7×7 CAMs; ``--compare-size 1024`` is ~25× slower per heatmap).
 Wall time is measured without tracemalloc; the peak allocation comes from one extra traced run.
-Gather cost: ``cxrdist.eval.predict.gather_to_main`` of the split's (index, logits) rows, each rank holding the
+Gather cost: ``cxrdist.engine.inference.gather_to_main`` of the split's (index, logits) rows, each rank holding the
 indices the eval sampler gives it (rank r: r, r+W, ...), timed in this process (world 1: no collective, only the
 placing) and on rank 0 of 2 spawned gloo processes (world 2: ``all_gather_object`` + placing); medians of
 ``--gather-repeat`` calls, ratio world 2 / world 1 (``--gather-repeat 0`` skips it).
@@ -20,7 +20,6 @@ import argparse
 import os
 import resource
 import statistics
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -28,15 +27,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
-# Run as a plain script from a checkout where cxrdist is not installed into the venv.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrdist import dist  # noqa: E402
-from cxrdist.eval.classification import auroc_per_class  # noqa: E402
-from cxrdist.eval.localization import evaluate_localization  # noqa: E402
-from cxrdist.eval.predict import gather_to_main  # noqa: E402
-from cxrdist.labels import BOX_CLASSES, LABELS  # noqa: E402
+from cxrdist import dist
+from cxrdist.engine.inference import gather_to_main
+from cxrdist.eval.classification import auroc_per_class
+from cxrdist.eval.localization import evaluate_localization
+from cxrdist.labels import BOX_CLASSES, LABELS
 
 GOAL_S = 2.0
 # fang2021 Table 1, "Test" column (25,596 images) and "Box" column (984 boxes), in LABELS order.
@@ -126,7 +121,7 @@ def gather_cost(num: int, repeat: int) -> tuple[float, float]:
 
     import torch.multiprocessing as mp
 
-    from cxrdist.job import free_port
+    from cxrdist.dist import free_port
 
     one = statistics.median(time_gather(0, 1, 0, num, repeat))
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ batch with array operations (a prototype on another random stream, not what the 
 wall time and in samples per CPU-second of the process (on a shared machine the second is the
 one-core figure), then (f)'s CPU time per sample is split into its parts. Goal: ≥ 5,000 samples/s per rank on
 one core.
-Run: ``.venv/bin/python benchmarks/feed.py [--shards DIR | --num-images 400 --size 1024 --shard-size 256]``
+Run: ``.venv/bin/python -m benchmarks.feed [--shards DIR | --num-images 400 --size 1024 --shard-size 256]``
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -32,12 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Run as a plain script from a checkout where cxrdist is not installed into the venv.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cxrdist.data.loaders.base import BaseLoader, LoaderSpec
 
-from cxrdist.data.dali import DaliLoader  # noqa: E402
-from cxrdist.data.loader import BaseLoader, LoaderSpec  # noqa: E402
+# Run as a plain script from a checkout where cxrdist is not installed into the venv.
+from cxrdist.data.loaders.dali import DaliLoader
 
 GOAL = 5000.0
 TRAIN_OPS = [{"op": "resize", "size": 256}, {"op": "random_resized_crop", "size": 224}, {"op": "hflip"}]

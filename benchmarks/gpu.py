@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,19 +31,17 @@ import numpy as np
 import torch
 
 # Run as a plain script from a checkout where cxrdist is not installed into the venv.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrdist.config import compose  # noqa: E402
-from cxrdist.data.loader import LoaderSpec, build_loader  # noqa: E402
-from cxrdist.data.reader import ShardReader  # noqa: E402
-from cxrdist.dist import DistEnv  # noqa: E402
-from cxrdist.engine.accel import FastPath, apply_fast_path  # noqa: E402
-from cxrdist.engine.losses import bce  # noqa: E402
-from cxrdist.engine.stages import StageContext, TrainStage  # noqa: E402
-from cxrdist.engine.trainer import Trainer  # noqa: E402
-from cxrdist.log import Tracker  # noqa: E402
-from cxrdist.models.baselines import build_chexnet  # noqa: E402
+from cxrdist.config import compose
+from cxrdist.data.loaders.base import LoaderSpec
+from cxrdist.data.loaders.factory import build_loader
+from cxrdist.data.reader import ShardReader
+from cxrdist.dist import DistEnv
+from cxrdist.engine.accel import FastPath, apply_fast_path
+from cxrdist.engine.losses import bce
+from cxrdist.engine.stages import StageContext, TrainStage
+from cxrdist.engine.trainer import Trainer
+from cxrdist.log import Tracker
+from cxrdist.models.baselines import build_chexnet
 
 MODEL_VARIANTS = {
     "fp32": FastPath(dtype=None, channels_last=False, compile_mode=None),
@@ -63,7 +60,7 @@ def decode_rate(shards: Path, device: torch.device, batch: int, seconds: float, 
     """(1) img/s of DALI's decoder (nvjpeg on a GPU) over the train split's JPEGs, held in memory."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from cxrdist.data.dali import dali_device_id
+    from cxrdist.data.loaders.dali import dali_device_id
 
     reader = ShardReader(shards, "train")
     jpegs = [np.frombuffer(reader.jpeg(i), dtype=np.uint8) for i in range(len(reader))]

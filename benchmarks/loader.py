@@ -20,7 +20,7 @@ threads (the cores it was given), and img per CPU-second (this process + its rea
 time on a shared machine).
 
 Goals: (a) ≥ 10× (c); (a) and (b) ≥ 0.9 × (d) per core.
-Run: ``.venv/bin/python benchmarks/loader.py [--num-images 400] [--size 1024] [--shard-size 256] [--workers 2]``
+Run: ``.venv/bin/python -m benchmarks.loader [--num-images 400] [--size 1024] [--shard-size 256] [--workers 2]``
 """
 
 from __future__ import annotations
@@ -34,10 +34,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-# Run as a plain script from a checkout where cxrdist is not installed into the venv.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GOAL = 10.0
 GOAL_BARE = 0.9
@@ -53,7 +49,7 @@ TRAIN_OPS = [{"op": "resize", "size": 256}, {"op": "random_resized_crop", "size"
 
 def get_phantom(work: Path, num_images: int, size: int, workers: int) -> Path:
     """A phantom NIH root of ``num_images`` at ``size``² under ``work``, reused when an identical one exists."""
-    from cxrdist.data.phantom import make_phantom
+    from cxrdist.phantom.generate import make_phantom
 
     root = work / f"phantom-{num_images}-{size}"
     summary = root / "phantom.json"
@@ -113,7 +109,8 @@ def child(args: argparse.Namespace) -> None:
     """Run one loader: a warm-up batch, then ``--epochs`` timed epochs; print one JSON line."""
     import torch
 
-    from cxrdist.data.loader import LoaderSpec, build_loader
+    from cxrdist.data.loaders.base import LoaderSpec
+    from cxrdist.data.loaders.factory import build_loader
     from cxrdist.data.reader import ShardReader
 
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Learning check: every registered method trained on the same phantom with the same small budget.
 
-Each method in ``cxrdist.methods.list_methods()`` runs end to end through its own stages (``cxrdist.job.run_local``)
+Each method in ``cxrdist.methods.list_methods()`` runs end to end through its own stages (``run.local.run_local``)
 on one phantom ChestX-ray14 drawn at the phantom's default difficulty, without ImageNet weights. Only the budget
 is reduced, through config overrides that are printed: every training stage gets ``--epochs`` epochs at global
 batch min(recipe's, ``--batch``), and each recipe's transforms are scaled so that its network input is ``--size``
@@ -20,7 +20,7 @@ The default budget (about 2 hours on 2 CPU cores for all rows): a 3,000-image ph
 ``diseasemask:no_mask`` are the mask-based methods' own no-mask ablations (:data:`VARIANTS`; the second
 is diseasemask's classify stage evaluated again, :data:`STAGE_VARIANTS`).
 
-Run: ``.venv/bin/python benchmarks/methods_phantom.py --out runs/methods_phantom`` (``--methods chexnet,ma`` for
+Run: ``.venv/bin/python -m benchmarks.methods_phantom --out runs/methods_phantom`` (``--methods chexnet,ma`` for
 a subset; ``--shards DIR`` reuses shards).
 """
 
@@ -35,13 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Run as a plain script from a checkout where cxrdist is not installed into the venv.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrdist.config import compose  # noqa: E402
-from cxrdist.job import evaluate_run, run_local  # noqa: E402
-from cxrdist.methods import list_methods  # noqa: E402
+from cxrdist.config import compose
+from cxrdist.methods import list_methods
+from cxrdist.run.evaluate import evaluate_run
+from cxrdist.run.local import run_local
 
 KIM_T = ("0.3", "0.5")  # kim2021 Table 1 T(IoU) columns printed
 ORACLE = "oracle"  # the localization variant that picks thresholds from the ground truth (never printed)
@@ -107,8 +104,8 @@ STAGE_VARIANTS: dict[str, str] = {"diseasemask:no_mask": "classify"}
 
 def make_shards(out: Path, num_images: int, size: int, difficulty: float, workers: int) -> Path:
     """Draw the phantom and write its shards (stored at ``size`` px) under ``out``; reuse complete ones."""
-    from cxrdist.data.phantom import make_phantom
     from cxrdist.data.writer import WriterConfig, write_dataset
+    from cxrdist.phantom.generate import make_phantom
 
     phantom, shards = out / "phantom", out / "shards"
     if not (phantom / "phantom.json").is_file():

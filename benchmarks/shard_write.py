@@ -9,7 +9,7 @@ PIL calls, ``cxrdist.data.writer.load_gray`` + ``encode_jpeg``; a third column d
 The three are interleaved ``--repeat`` times and the medians compared.
 
 Goal: writer / bare (load_gray + encode_jpeg) ≥ 0.9.
-Run: ``.venv/bin/python benchmarks/shard_write.py [--num-images 400] [--size 1024] [--out-size 512]``
+Run: ``.venv/bin/python -m benchmarks.shard_write [--num-images 400] [--size 1024] [--out-size 512]``
 """
 
 from __future__ import annotations
@@ -20,19 +20,14 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-# Run as a plain script from a checkout where cxrdist is not installed into the venv.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrdist.data.phantom import make_phantom  # noqa: E402
-from cxrdist.data.writer import WriterConfig, encode_jpeg, load_gray, plan_tasks, write_shards  # noqa: E402
+from cxrdist.data.writer import WriterConfig, encode_jpeg, load_gray, plan_tasks, write_shards
+from cxrdist.phantom.generate import make_phantom
 
 GOAL = 0.9
 

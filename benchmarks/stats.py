@@ -12,7 +12,7 @@ Measured on one thread (OMP/MKL/OpenBLAS threads = 1, set before numpy loads):
 Repeats are interleaved (ours, naive, ours, ...) and the medians reported; the naive resamples are the first ones
 of ours, and their AUROCs must agree to 1e-12 (else the script fails).
 
-Run: ``.venv/bin/python benchmarks/stats.py [--resamples 2000] [--images 25596] [--patients 2797] [--naive 20]
+Run: ``.venv/bin/python -m benchmarks.stats [--resamples 2000] [--images 25596] [--patients 2797] [--naive 20]
 [--repeat 3]``; ``--tiny`` is a seconds-long smoke run (used by tests/eval/test_stats.py).
 """
 
@@ -24,23 +24,17 @@ import os
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import statistics
+import time
 
-import numpy as np  # noqa: E402
-from scipy.special import expit, logit  # noqa: E402
-from scipy.stats import norm  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
+import numpy as np
+from scipy.special import expit, logit
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
 
-# Run as a plain script from a checkout where cxrdist is not installed into the venv.
-if str(Path(__file__).resolve().parents[1]) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cxrdist.eval.bootstrap import bootstrap_auroc, cluster_index, resample_counts  # noqa: E402
-from cxrdist.eval.delong import delong_auroc  # noqa: E402
+from cxrdist.eval.bootstrap import bootstrap_auroc, cluster_index, resample_counts
+from cxrdist.eval.delong import delong_auroc
 
 GOAL_S = 10.0
 # fang2021 Table 1, "Test" column (25,596 images), in LABELS order.

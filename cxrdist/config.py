@@ -26,7 +26,7 @@ GROUPS = ("data", "loader", "engine", "eval", "cluster", "logger", "method")
 
 @dataclass
 class DataConfig:
-    """Where the shards are (written by shards/write.py)."""
+    """Where the shards are (written by launch/write_shards.py)."""
 
     root: str = MISSING
     expected_config_hash: str | None = None  # set at run start; a resumed run refuses different shards

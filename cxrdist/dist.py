@@ -1,4 +1,5 @@
-"""Distributed environment: one builder for Slurm, torchrun and a single process; small collective helpers.
+"""Distributed environment: the one rendezvous (addresses and ports for local spawn, torchrun, Slurm/submitit and
+``slurm/train.sbatch``), one builder for Slurm, torchrun and a single process; small collective helpers.
 
 Slurm: ranks from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID; MASTER_ADDR is the first node's *address*
 (resolved on the node that owns it and passed through the environment, or resolved here from the node list),
@@ -13,8 +14,11 @@ import logging
 import os
 import socket
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,6 +75,56 @@ def port_from_job_id(job_id: str | int) -> int:
     """A port in [20000, 40000) derived from the Slurm job id (stable across a job's tasks)."""
     digits = "".join(c for c in str(job_id) if c.isdigit()) or "0"
     return 20000 + int(digits) % 20000
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface (local spawn)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    """The torchrun-style variables of local rank ``rank`` (one machine, loopback rendezvous on ``port``)."""
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world),
+        "LOCAL_RANK": str(rank),
+        "LOCAL_WORLD_SIZE": str(world),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "CXRDIST_DIST_SOURCE": "local",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
+
+
+def own_address() -> str:
+    """This node's first address (``hostname -I``), or 127.0.0.1 when it has none."""
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10, check=True).stdout
+        return out.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "127.0.0.1"
+
+
+def rendezvous_address(run_dir: Path, attempt: str, is_main: bool, timeout_s: float = 600.0) -> str:
+    """The master address, passed through the shared run dir: node names need not resolve.
+
+    Global rank 0 writes its own address to ``RUN/.rendezvous/<attempt>``; the others wait for the file.
+    ``attempt`` includes the requeue count, so a requeued job never reads its previous life's address.
+    """
+    path = run_dir / ".rendezvous" / attempt
+    if is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{attempt}.tmp")
+        tmp.write_text(own_address())
+        os.replace(tmp, path)
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: rank 0 did not publish its address within {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return path.read_text().strip()
 
 
 def first_node_address(nodelist: str) -> str:
@@ -200,3 +254,28 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
         return
     for buf in module.buffers():
         torch_dist.broadcast(buf.data, src=src)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cxrdist.dist address|port [JOB_ID]``: what ``slurm/train.sbatch`` rendezvouses on.
+
+    ``address``: this node's address (run on the job's first node); ``port``: the job's port
+    (``port_from_job_id``, of ``$SLURM_JOB_ID`` unless given), the same for every requeue of the job.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["address"] and len(args) == 1:
+        print(own_address())
+    elif args[:1] == ["port"] and len(args) <= 2:
+        job_id = args[1] if len(args) == 2 else os.environ.get("SLURM_JOB_ID")
+        if not job_id:
+            print("cxrdist.dist port: no job id (give one, or run inside a Slurm job)", file=sys.stderr)
+            return 2
+        print(port_from_job_id(job_id))
+    else:
+        print("usage: python -m cxrdist.dist address | port [JOB_ID]", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

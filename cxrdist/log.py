@@ -8,13 +8,13 @@ do not sync those, sync the one consolidated run of ``launch/wandb_sync.py`` (be
 ``resume="allow"``.
 
 Every scalar row is also appended to ``RUN/logs/metrics.jsonl`` (rank 0), tagged with the job attempt that
-wrote it (``attempt``: the run dir's attempt counter, see rundir.py), and a W&B failure mid-run (its service
+wrote it (``attempt``: the run dir's attempt counter, see run/rundir.py), and a W&B failure mid-run (its service
 process dies with the job's SIGTERM, a network error online) turns W&B off with one warning instead of
 killing training: the metrics go on in the JSON lines file. A requeued or resubmitted job logs again the steps
 it redoes; :func:`read_metrics` returns each step of each stage once, the latest attempt's values winning.
 What is not a scalar goes to ``RUN/logs/tracker.jsonl``: images (paths in the run dir, with their box overlays),
 tables, and how each attempt ended (finished, failed with its error, preempted). With those two files
-``cxrdist.wandb_sync`` rebuilds ONE consolidated W&B run of the run dir (``launch/wandb_sync.py``); tags, the
+``cxrdist.run.wandb_sync`` rebuilds ONE consolidated W&B run of the run dir (``launch/wandb_sync.py``); tags, the
 best-value summaries and the run states are wandb_run.py's.
 """
 

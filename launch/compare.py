@@ -13,7 +13,7 @@ from cxrdist import cli
 from cxrdist.eval.compare import comparison_table_md
 from cxrdist.eval.leaderboard import compare_runs, load_predictions, run_labels, write_json
 from cxrdist.eval.report import load_run
-from cxrdist.preflight import check_run_dir
+from cxrdist.run.preflight import check_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

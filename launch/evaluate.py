@@ -1,6 +1,6 @@
 """Evaluate a run: ``python launch/evaluate.py RUN_DIR [--split test --split bbox] [--stage NAME] [--nproc N]``.
 
-``--shards S --split test``: evaluate on another shard root (an external set written by ``shards/write.py
+``--shards S --split test``: evaluate on another shard root (an external set written by ``launch/write_shards.py
 --dataset chexpert|mimic|padchest``) into ``RUN/eval/external/<dataset>/<split>``, scoring the classes it annotates.
 
 Writes ``RUN/eval/<split>/`` (metrics.json, predictions.npz, auroc.md, roc.png; on bbox also heatmaps.npz,
@@ -11,9 +11,10 @@ stage's weights are checked before any process or W&B run starts (one line, exit
 import sys
 from pathlib import Path
 
-from cxrdist import cli, rundir
-from cxrdist.job import evaluate_run
-from cxrdist.preflight import check_eval_request
+from cxrdist import cli
+from cxrdist.run import rundir
+from cxrdist.run.evaluate import evaluate_run
+from cxrdist.run.preflight import check_eval_request
 
 DEFAULT_SPLITS = ["test", "bbox"]
 

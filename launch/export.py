@@ -12,7 +12,7 @@ from pathlib import Path
 from cxrdist import cli
 from cxrdist.deploy.export import check_out, export_model
 from cxrdist.log import setup_logging
-from cxrdist.preflight import check_run_dir
+from cxrdist.run.preflight import check_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

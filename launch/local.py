@@ -7,9 +7,11 @@ before the run dir exists.
 
 import sys
 
-from cxrdist import cli, rundir
+from cxrdist import cli
 from cxrdist.config import compose
-from cxrdist.job import check_local_gpus, prepare_run, run_prepared
+from cxrdist.run import rundir
+from cxrdist.run.local import check_local_gpus, run_prepared
+from cxrdist.run.prepare import prepare_run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from cxrdist import cli
 from cxrdist.eval.leaderboard import find_runs
 from cxrdist.eval.report import load_run, write_report
 from cxrdist.eval.report_multi import pick_baseline
-from cxrdist.preflight import check_run_dir
+from cxrdist.run.preflight import check_run_dir
 
 
 def main(argv: list[str] | None = None) -> int:

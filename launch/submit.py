@@ -3,7 +3,7 @@
 Launcher flags (see below) come first; every other argument is a Hydra override. ``--cluster local`` runs the
 same job on this machine and shows rank 0's progress until it ends; ``--dry-run`` prints the job script and the
 resolved config, anywhere (no Slurm needed). ``-m method=ma,cral seed=0,1,2`` submits every combination as ONE
-job array, each in ``runs/<name>/<override-dir>`` (see cxrdist/sweep.py). A mistake is one line on stderr and exit
+job array, each in ``runs/<name>/<override-dir>`` (see cxrdist/run/sweep.py). A mistake is one line on stderr and exit
 status 2, before anything is created or submitted.
 """
 
@@ -11,10 +11,10 @@ import contextlib
 import sys
 
 from cxrdist import cli
-from cxrdist.launcher import failure_summary, wait_results
 from cxrdist.progress import follow
-from cxrdist.sweep import print_sweep
-from cxrdist.sweep import submit_any as submit  # a sweep with -m, else one run
+from cxrdist.run.launcher import failure_summary, wait_results
+from cxrdist.run.sweep import print_sweep
+from cxrdist.run.sweep import submit_any as submit  # a sweep with -m, else one run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ more when it ends. A mistake is one line on stderr and exit status 2, before any
 import sys
 from pathlib import Path
 
-from cxrdist import cli, wandb_sync
+from cxrdist import cli
+from cxrdist.run import wandb_sync
 
 
 def main(argv: list[str] | None = None) -> int:

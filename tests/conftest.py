@@ -21,7 +21,7 @@ PHANTOM_SIZE = 64
 @pytest.fixture(scope="session")
 def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 310-image, 64 px phantom NIH root (read-only for tests: copy it before corrupting)."""
-    from cxrdist.data.phantom import make_phantom
+    from cxrdist.phantom.generate import make_phantom
 
     out = tmp_path_factory.mktemp("phantom")
     make_phantom(out, num_images=PHANTOM_IMAGES, size=PHANTOM_SIZE, seed=0, seg_images=8)

@@ -46,7 +46,7 @@ def test_sigterm_freezes_until_killed(tmp_path: Path):
     """After SIGTERM nothing more runs (no result can be written); exit 143 only when no SIGKILL comes."""
     code = (
         "import os, signal, sys\n"
-        "from cxrdist.job import hold_on_sigterm\n"
+        "from cxrdist.run.sigterm import hold_on_sigterm\n"
         "hold_on_sigterm(max_wait_s=1.5)\n"
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "print('went on', flush=True)\n"
@@ -96,7 +96,7 @@ def test_sigterm_line_is_logged_while_the_main_thread_is_stuck_in_c(tmp_path: Pa
     peer is frozen by the same SIGTERM): here it blocks in pthread_mutex_lock on a mutex it already holds."""
     code = (
         "import ctypes, sys\n"
-        "from cxrdist.job import hold_on_sigterm\n"
+        "from cxrdist.run.sigterm import hold_on_sigterm\n"
         "from cxrdist.log import setup_logging\n"
         "setup_logging(sys.argv[1], 0)\n"
         "hold_on_sigterm()\n"

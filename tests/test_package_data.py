@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import cxrdist
-from cxrdist.data.phantom_meta import (
+from cxrdist.phantom.meta import (
     BBOX_LIST,
     DATA_ENTRY,
     ENV_METADATA,
@@ -33,7 +33,7 @@ def test_packaged_metadata_is_found_without_the_variable(monkeypatch: pytest.Mon
     monkeypatch.delenv(ENV_METADATA, raising=False)
     monkeypatch.chdir(tmp_path)  # no folder of the project around the working directory either
     folder = default_metadata_dir()
-    assert folder == PACKAGE / "data" / "nih_metadata"
+    assert folder == PACKAGE / "phantom" / "nih_metadata"
     meta = load_metadata(folder)
     assert (len(meta.rows), sum(map(len, meta.boxes.values())), len(meta.train_val), len(meta.test)) == (
         112_120,
@@ -62,7 +62,7 @@ def test_package_data_globs_cover_every_file_the_code_reads():
     globs = _package_data_globs()
     data = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*") if p.is_file()]
     data = [p for p in data if not p.endswith((".py", ".pyc")) and "__pycache__" not in p]
-    assert {f"data/nih_metadata/{n}" for n in METADATA_FILES} <= set(data)
+    assert {f"phantom/nih_metadata/{n}" for n in METADATA_FILES} <= set(data)
     assert any(p.startswith("conf/method/") for p in data)
     uncovered = [p for p in data if not any(fnmatch.fnmatch(p, g.replace("**/", "*")) for g in globs)]
     assert not uncovered, f"files an install would not ship (add them to [tool.setuptools.package-data]): {uncovered}"
@@ -82,7 +82,7 @@ def test_a_built_wheel_ships_the_metadata_and_configs(tmp_path: Path):
     (wheel,) = out.glob("cxrdist-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in METADATA_FILES + ["PROVENANCE.md"]:
-        assert f"cxrdist/data/nih_metadata/{name}" in names
+        assert f"cxrdist/phantom/nih_metadata/{name}" in names
     configs = {p.relative_to(REPO).as_posix() for p in (PACKAGE / "conf").rglob("*.yaml")}
     assert configs <= names
 

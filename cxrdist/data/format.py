@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from cxrdist.files import write_failure
 from cxrdist.labels import NUM_LABELS
-from cxrdist.rundir import write_failure
 
 FORMAT_VERSION = 1
 COMPONENTS = ("jpg", "cls", "json")

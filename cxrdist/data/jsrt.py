@@ -13,7 +13,7 @@ Two layouts are read, both rooted at one folder (``method.options.seg_root``):
   (bone) = 0, so grey = 1 − value / 4095. An SCR mask is a 1024 × 1024 GIF (0 background, 255 structure),
   half the image's size. "left" is the patient's left, on the image's right (PA view). An image is used when
   its three masks (left lung, right lung, heart) exist in either fold; a missing one is an error naming it.
-- **The phantom's set** (``cxrdist.data.phantom``, ``<phantom>/segmentation``): the same names and formats
+- **The phantom's set** (``cxrdist.phantom.generate``, ``<phantom>/segmentation``): the same names and formats
   at a smaller size, described by its ``layout.json`` (sizes, mask path pattern, folds).
 
 Images are decoded once and resized to a working size (8-bit grey, the radiograph's usual display polarity,

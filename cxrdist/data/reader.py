@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrdist.data.format import COMPONENTS, decode_labels, read_index, read_json
-from cxrdist.data.nih import DataError
+from cxrdist.data.format import COMPONENTS, DataError, decode_labels, read_index, read_json
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class ShardReader:
         self.root, self.split = Path(root), split
         info_path = self.root / split / "_info.json"
         if not info_path.is_file():
-            raise DataError(f"{info_path}: missing; write the shards first (shards/write.py) or check data.root")
+            raise DataError(f"{info_path}: missing; write the shards first (launch/write_shards.py) or check data.root")
         info = read_json(info_path)
         header = read_json(self.root / "_dataset.json")
         if info["config_hash"] != header["config_hash"]:
@@ -78,7 +77,7 @@ class ShardReader:
         if want and idx.is_file() and hashlib.sha256(idx.read_bytes()).hexdigest() != want:
             raise DataError(
                 f"{idx}: checksum differs from {info_path} (not the index written for {tar.name}); "
-                "rewrite the shards or restore the file (shards/verify.py checks a whole shard set)"
+                "rewrite the shards or restore the file (launch/verify_shards.py checks a whole shard set)"
             )
         if "bytes" in record and tar.stat().st_size != record["bytes"]:
             raise DataError(

@@ -1,4 +1,4 @@
-"""Command-line front ends of the shard writer and verifier (``shards/write.py``, ``shards/verify.py``)."""
+"""Command-line front ends of the shard writer and verifier (``launch/write_shards.py``, ``verify_shards.py``)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,17 @@ from cxrdist import cli
 from cxrdist.data.external import DATASETS
 from cxrdist.data.external.common import VIEW_FILTERS, WINDOWS_16BIT
 from cxrdist.data.external.labelmap import UNCERTAIN_POLICIES
-from cxrdist.data.nih import SPLIT_SCHEMES, DataError
+from cxrdist.data.format import DataError
+from cxrdist.data.nih import SPLIT_SCHEMES
 from cxrdist.data.verify import format_report, verify_dataset
 from cxrdist.data.writer import WriterConfig, finalize, plan_tasks, prepare_output, write_shards
-from cxrdist.rundir import WriteFailed
+from cxrdist.files import WriteFailed
 
 logger = logging.getLogger(__name__)
 
 
-def writer_parser(prog: str = "write.py") -> argparse.ArgumentParser:
-    """Arguments of ``shards/write.py`` (shared with ``launch/shard.py``)."""
+def writer_parser(prog: str = "write_shards.py") -> argparse.ArgumentParser:
+    """The writer's arguments (``launch/write_shards.py`` adds the array flags, ``cxrdist/run/shards.py``)."""
     p = cli.parser(prog, "Write WebDataset shards (train/val/test/bbox) from an NIH root or an external set.")
     p.add_argument("--dataset", choices=("nih", *DATASETS), default="nih", help="the release under --root")
     p.add_argument("--root", type=Path, help="the dataset's unpacked folder (real or phantom)")
@@ -111,23 +112,22 @@ def config_from_args(args: argparse.Namespace) -> WriterConfig:
     )
 
 
-def write_main(argv: list[str] | None = None) -> int:
+def write_from_args(args: argparse.Namespace, prog: str = "write_shards.py") -> int:
     """Write all shards, then the manifests; print a summary. Exit 2: a usage error (nothing written)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = writer_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
         check_writer_config(cfg)
         plan_tasks(cfg)  # reads and checks the CSVs and lists (errors name the file and row)
         prepare_output(cfg)  # refuses an --out of another writer config
     except cli.USAGE_ERRORS as e:
-        return cli.usage_exit("write.py", e)
+        return cli.usage_exit(prog, e)
     t0 = time.perf_counter()
     try:
         results = write_shards(cfg, progress=True)
         summary = finalize(cfg)
     except (DataError, WriteFailed) as e:  # bad input, or a write that failed (disk full): named, one line
-        print(f"write.py: {cli.one_line(e)}", file=sys.stderr)
+        print(f"{prog}: {cli.one_line(e)}", file=sys.stderr)
         return 1
     wrote = [r for r in results if not r["reused"]]
     print(
@@ -142,14 +142,21 @@ def write_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def write_main(argv: list[str] | None = None) -> int:
+    """The writer here, without the array flags (``launch/write_shards.py`` is ``cxrdist.run.shards.main``)."""
+    return write_from_args(writer_parser().parse_args(argv))
+
+
 def verify_main(argv: list[str] | None = None) -> int:
     """Verify a shard root and print the per-split table (exit 1: it failed; 2: no shard root given)."""
-    p = cli.parser("verify.py", "Re-read and check every shard of a shard root.")
-    p.add_argument("root", type=Path, help="shard root (the --out of shards/write.py)")
+    p = cli.parser("verify_shards.py", "Re-read and check every shard of a shard root.")
+    p.add_argument("root", type=Path, help="shard root (the --out of launch/write_shards.py)")
     args = p.parse_args(argv)
     if not (args.root / "_dataset.json").is_file():
         what = "no such folder" if not args.root.is_dir() else "not a shard root (no _dataset.json)"
-        return cli.usage_exit("verify.py", cli.UsageError(f"{args.root}: {what}; give the --out of shards/write.py"))
+        return cli.usage_exit(
+            "verify_shards.py", cli.UsageError(f"{args.root}: {what}; give the --out of launch/write_shards.py")
+        )
     try:
         reports = verify_dataset(args.root, progress=True)
     except (DataError, ValueError, OSError) as e:

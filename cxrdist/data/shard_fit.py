@@ -53,7 +53,7 @@ def source_pixel_warnings(root: str | Path, recipes: Mapping[str, Mapping[str, A
     if source == stored:
         return []  # the source images are already this size (e.g. a phantom drawn at it)
     fix = (
-        f"to match the paper, write shards at the source size: python shards/write.py --nih-root <NIH root> "
+        f"to match the paper, write shards at the source size: python launch/write_shards.py --nih-root <NIH root> "
         f"--out <new dir> --size 0 (or --size {source}), and set data.root to them"
     )
     out = []
@@ -72,6 +72,6 @@ def source_pixel_warnings(root: str | Path, recipes: Mapping[str, Mapping[str, A
             out.append(
                 f"stage {stage}: the recipe resizes to {op['size']} px, but {root} stores images at {stored} px "
                 f"(from {source} px): they are upsampled; write shards with --size {op['size']} or more "
-                f"(python shards/write.py ... --size {min(op['size'], source)})"
+                f"(python launch/write_shards.py ... --size {min(op['size'], source)})"
             )
     return out

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cxrdist.data.format import atomic_write_json, read_json
-from cxrdist.data.nih import DataError
+from cxrdist.data.format import DataError, atomic_write_json, read_json
 
 KINDS = ("image", "vector")
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxrdist.data.format import COMPONENTS, decode_labels, read_index, read_json
-from cxrdist.data.nih import SPLITS, DataError, sha256_file
+from cxrdist.data.format import COMPONENTS, DataError, decode_labels, read_index, read_json
+from cxrdist.data.nih import SPLITS, sha256_file
 from cxrdist.labels import BOX_CLASSES, LABELS, NUM_LABELS
 from cxrdist.progress import Progress
 

@@ -27,6 +27,7 @@ from cxrdist.data.external import common as external_common
 from cxrdist.data.external.labelmap import label_map_record
 from cxrdist.data.format import (
     FORMAT_VERSION,
+    DataError,
     TarShardWriter,
     atomic_write_bytes,
     atomic_write_json,
@@ -35,7 +36,7 @@ from cxrdist.data.format import (
     shard_name,
 )
 from cxrdist.data.images import Refused, gray_from_pil, jpeg_bytes, resize_gray
-from cxrdist.data.nih import BBOX_LIST, DATA_ENTRY, SPLITS, DataError, Record, find_file, plan_splits, sha256_file
+from cxrdist.data.nih import BBOX_LIST, DATA_ENTRY, SPLITS, Record, find_file, plan_splits, sha256_file
 from cxrdist.labels import LABELS, NUM_LABELS
 from cxrdist.progress import Progress
 

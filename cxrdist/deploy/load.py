@@ -37,10 +37,10 @@ from cxrdist.engine.predictor import Predictor
 from cxrdist.engine.stages import EvalStage, StageContext
 from cxrdist.engine.strategy import resolve_precision
 from cxrdist.eval.thresholds import sigmoid, youden_thresholds
-from cxrdist.job import evaluate_run
 from cxrdist.labels import LABELS
 from cxrdist.log import Tracker
 from cxrdist.methods import Method, get_method
+from cxrdist.run.session import evaluate_run
 
 logger = logging.getLogger(__name__)
 FORMAT = "cxrdist-model"

@@ -52,7 +52,7 @@ import torch
 
 from cxrdist import dist
 from cxrdist.engine.strategy import Strategy
-from cxrdist.rundir import WriteFailed, write_failure
+from cxrdist.files import WriteFailed, write_failure
 
 logger = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d{8})$")

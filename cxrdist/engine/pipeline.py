@@ -2,7 +2,7 @@
 
 A stage is finished when ``RUN/stages/NN_name/DONE.json`` exists: rank 0 writes it (temp + rename) after a
 barrier, with the stage's outputs, the hash of the config the stage depends on and the code version. A DONE
-written under another config is an error (a run dir is tied to its config; see job.py for ``--force``).
+written under another config is an error (a run dir is tied to its config; see run/prepare.py for ``--force``).
 Once DONE.json is in place the stage's resume checkpoints (``ckpt/``) are deleted unless
 ``engine.keep_resume_ckpt``: a finished stage never resumes, and they are the bulk of a run's disk.
 """

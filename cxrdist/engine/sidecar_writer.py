@@ -21,7 +21,7 @@ from cxrdist.data.sidecar import create_sidecar, filled_mask, mark_filled, write
 from cxrdist.engine.strategy import resolve_precision
 
 if TYPE_CHECKING:
-    from cxrdist.data.loader import BaseLoader
+    from cxrdist.data.loaders.base import BaseLoader
     from cxrdist.engine.stages import StageContext
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from cxrdist.data.loader import BaseLoader, LoaderSpec, build_loader
+from cxrdist.data.loaders.base import BaseLoader, LoaderSpec
+from cxrdist.data.loaders.factory import build_loader
 from cxrdist.dist import DistEnv
 from cxrdist.log import Tracker
 from cxrdist.progress import Progress, progress_file
@@ -172,7 +173,7 @@ class ScoreStage(Stage):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         from cxrdist.engine.checkpoint import load_model_weights
-        from cxrdist.eval.predict import gather_to_main, run_inference
+        from cxrdist.engine.inference import gather_to_main, run_inference
 
         model = self.build_model(ctx)
         load_model_weights(self.weights(ctx), model)
@@ -204,6 +205,6 @@ class EvalStage(Stage):
     published: dict[str, Any] = field(default_factory=dict)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from cxrdist.eval.evaluate import evaluate_model
+        from cxrdist.engine.evaluator import evaluate_model
 
         return evaluate_model(ctx, self)

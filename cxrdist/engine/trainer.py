@@ -28,11 +28,11 @@ from cxrdist.engine.checkpoint import (
     save_checkpoint,
     save_model_weights,
 )
+from cxrdist.engine.inference import gather_to_main, run_inference
 from cxrdist.engine.losses import build_loss
 from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
 from cxrdist.engine.strategy import Strategy, build_strategy, log_batchnorm
 from cxrdist.eval.classification import auroc_per_class
-from cxrdist.eval.predict import gather_to_main, run_inference
 
 if TYPE_CHECKING:
     from cxrdist.engine.stages import StageContext, TrainStage

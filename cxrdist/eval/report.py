@@ -29,7 +29,7 @@ from cxrdist.eval.report_multi import multi_run_lines, roc_band_lines
 from cxrdist.eval.tables import auroc_table_md
 from cxrdist.labels import LABELS
 
-# sha256 of the release's Data_Entry_2017_v2020.csv (cxrdist/data/nih_metadata/PROVENANCE.md): shards whose writer
+# sha256 of the release's Data_Entry_2017_v2020.csv (cxrdist/phantom/nih_metadata/PROVENANCE.md): shards whose writer
 # read another label file were written from a phantom (or an edited copy), and the report's title says so.
 NIH_DATA_ENTRY_SHA256 = "dc1d2df67fdc1c5a7601d48699cda2b13dc2c4841488b4183dcf04884dbaca11"
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from cxrdist.data.loader import BaseLoader
+from cxrdist.data.loaders.base import BaseLoader
 from cxrdist.data.sidecar import write_key_list
 from cxrdist.engine.checkpoint import load_model_weights
 from cxrdist.engine.stages import ScoreStage, Stage, StageContext, TrainStage

@@ -18,12 +18,12 @@ from cxrdist.data.external import labelmap, plan
 from cxrdist.data.external.common import load_gray, window16
 from cxrdist.data.format import DataError
 from cxrdist.data.images import gray_from_pil
-from cxrdist.data.phantom_external import make_external_phantom
 from cxrdist.data.reader import ShardReader
 from cxrdist.data.shard_cli import write_main
 from cxrdist.data.verify import verify_dataset
 from cxrdist.data.writer import WriterConfig, write_dataset
 from cxrdist.labels import LABEL_INDEX, LABELS
+from cxrdist.phantom.external import make_external_phantom
 
 DATASETS = ("chexpert", "mimic", "padchest")
 

@@ -13,14 +13,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_variants import (
-    VARIANTS,
-    chest_like,
-    image_dataset,
-    report_dataset,
-    write_dataset,
-    write_dicom,
-)
 from PIL import Image
 from pydicom.pixels import apply_voi_lut
 
@@ -35,6 +27,14 @@ from cxrdist.data.images import (
     write_skipped_csv,
 )
 from cxrdist.data.writer import load_gray
+from testkit.dicom_variants import (
+    VARIANTS,
+    chest_like,
+    image_dataset,
+    report_dataset,
+    write_dataset,
+    write_dicom,
+)
 
 GRAY = chest_like()  # (80, 64) uint8 spanning 0..255
 # JPEG quality 95 on GRAY (measured: max 7, mean 1.27 grey levels); the bounds leave a little room.

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxrdist.data.loader import LoaderSpec, build_loader
-from cxrdist.data.nih import DataError
+from cxrdist.data.format import DataError
+from cxrdist.data.loaders.base import LoaderSpec
+from cxrdist.data.loaders.factory import build_loader
 from cxrdist.data.reader import ShardReader
 from cxrdist.data.sampler import TrainSampler
 from cxrdist.data.sidecar import create_sidecar, mark_filled, write_key_list, write_rows

@@ -10,7 +10,7 @@ import pytest
 from cxrdist.config import compose
 from cxrdist.data.shard_fit import first_sample_meta, source_pixel_warnings
 from cxrdist.data.writer import WriterConfig, write_dataset
-from cxrdist.prepare import warn_source_pixels
+from cxrdist.run.prepare import warn_source_pixels
 
 NEAREST = {"train": [{"op": "resize_nearest", "size": 32}], "eval": [{"op": "resize_nearest", "size": 32}]}
 BILINEAR = {"train": [{"op": "resize", "size": 48}, {"op": "center_crop", "size": 40}], "eval": []}
@@ -30,7 +30,7 @@ def test_nearest_resize_from_resized_shards_warns_with_the_command(shards_32: Pa
     assert first_sample_meta(shards_32)["source_size"] == [64, 64]
     (msg,) = source_pixel_warnings(shards_32, {"train": NEAREST})
     assert "stage train" in msg and "stores them at 32 px (antialiased bilinear from 64 px)" in msg
-    assert "nearest resize does nothing" in msg and "--size 0" in msg and "python shards/write.py" in msg
+    assert "nearest resize does nothing" in msg and "--size 0" in msg and "python launch/write_shards.py" in msg
     (up,) = source_pixel_warnings(shards_32, {"fine": BILINEAR})
     assert "resizes to 48 px" in up and "upsampled" in up and "--size 48" in up
 
@@ -42,9 +42,9 @@ def test_shards_at_the_source_size_pass(shard_root: Path):
 
 def test_run_start_warns_for_amdensenet(shards_32: Path, caplog):
     cfg = compose(["method=amdensenet", f"data.root={shards_32}", "run_dir=/unused"])
-    with caplog.at_level(logging.WARNING, logger="cxrdist.prepare"):
+    with caplog.at_level(logging.WARNING, logger="cxrdist.run.prepare"):
         (msg,) = warn_source_pixels(cfg)
     assert "nearest neighbour to 512 px" in msg and "resamples those resized pixels" in msg
-    assert [r.getMessage() for r in caplog.records if r.name == "cxrdist.prepare"] == [msg]
+    assert [r.getMessage() for r in caplog.records if r.name == "cxrdist.run.prepare"] == [msg]
     chexnet = compose(["method=chexnet", f"data.root={shards_32}", "run_dir=/unused"])
     assert all("resizes to 256 px" in w for w in warn_source_pixels(chexnet))  # 32-px shards upsampled to 256

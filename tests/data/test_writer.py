@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrdist.data.format import read_index
-from cxrdist.data.nih import DataError, plan_splits, read_data_entry, read_list
+from cxrdist.data.format import DataError, read_index
+from cxrdist.data.nih import plan_splits, read_data_entry, read_list
 from cxrdist.data.verify import verify_dataset
 from cxrdist.data.writer import WriterConfig, write_dataset
 from cxrdist.labels import LABELS, parse_finding_labels
@@ -224,13 +224,13 @@ def test_labels_parse_like_nih(phantom_root: Path):
 def test_killed_writer_restart_gives_same_shards(phantom_root: Path, tmp_path: Path):
     args = ["--nih-root", str(phantom_root), "--size", "64", "--samples-per-shard", "1", "--workers", "1"]
     subprocess.run(
-        [sys.executable, str(REPO / "shards/write.py"), *args, "--out", str(tmp_path / "ref")],
+        [sys.executable, str(REPO / "launch/write_shards.py"), *args, "--out", str(tmp_path / "ref")],
         check=True,
         capture_output=True,
     )
     out = tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "shards/write.py"), *args, "--out", str(out)],
+        [sys.executable, str(REPO / "launch/write_shards.py"), *args, "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -244,7 +244,9 @@ def test_killed_writer_restart_gives_same_shards(phantom_root: Path, tmp_path: P
     victim = out / "train" / "shard-000000.tar"
     victim.write_bytes(victim.read_bytes()[:700])
     subprocess.run(
-        [sys.executable, str(REPO / "shards/write.py"), *args, "--out", str(out)], check=True, capture_output=True
+        [sys.executable, str(REPO / "launch/write_shards.py"), *args, "--out", str(out)],
+        check=True,
+        capture_output=True,
     )
     for split in ("train", "val", "test", "bbox"):
         ref = json.loads((tmp_path / "ref" / split / "_info.json").read_text())["shards"]
@@ -261,7 +263,7 @@ def test_disk_full_names_the_file_and_keeps_what_was_written(
     import os
 
     from cxrdist.data import format as fmt
-    from cxrdist.rundir import WriteFailed
+    from cxrdist.files import WriteFailed
 
     real_fsync, calls = os.fsync, []
 

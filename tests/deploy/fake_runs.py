@@ -19,8 +19,8 @@ from cxrdist.data.format import read_json  # noqa: E402
 from cxrdist.engine.checkpoint import save_model_weights  # noqa: E402
 from cxrdist.engine.pipeline import results_hash, stage_dirs  # noqa: E402
 from cxrdist.engine.stages import EvalStage, TrainStage  # noqa: E402
-from cxrdist.job import run_local  # noqa: E402
 from cxrdist.methods import get_method  # noqa: E402
+from cxrdist.run.session import run_local  # noqa: E402
 
 METHODS = ("dcnn", "chexnet", "ma", "cral", "amdensenet", "lungheart", "diseasemask")
 # weight jitter: enough for the images to move the outputs (amdensenet's random net is nearly constant at 0.01)

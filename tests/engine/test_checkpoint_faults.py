@@ -9,7 +9,6 @@ import json
 import multiprocessing
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,11 +24,9 @@ from cxrdist.engine.checkpoint import (
     recover_checkpoints,
 )
 from cxrdist.engine.pipeline import read_done
-from cxrdist.job import run_local
-from cxrdist.rundir import WriteFailed
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import tiny_bn_stages, tiny_cfg, tiny_stages  # noqa: E402
+from cxrdist.files import WriteFailed
+from cxrdist.run.local import run_local
+from testkit.tiny import tiny_bn_stages, tiny_cfg, tiny_stages
 
 # 2 epochs of 2 steps, a checkpoint every 2 steps, keep 1: saves of step 2 (mid-run), step 2 again (epoch end:
 # retire, switch, drop_old), step 4 (prunes step 2), step 4 again. N = which occurrence of the point is hit:

@@ -87,8 +87,8 @@ def test_impossible_values_are_refused_before_anything_is_created(override: str,
     """An epochs=0 run used to mark training DONE with no model: refused by the launcher and prepare_run."""
     import re
 
-    from cxrdist.job import prepare_run
-    from cxrdist.launcher import submit
+    from cxrdist.run.launcher import submit
+    from cxrdist.run.prepare import prepare_run
 
     run = tmp_path / "r"
     argv = ["--cluster", "local", "--run-dir", str(run), f"data.root={shard_root}", "method=chexnet", override]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrdist.data.loader import LoaderSpec, build_loader
+from cxrdist.data.loaders.base import LoaderSpec
+from cxrdist.data.loaders.factory import build_loader
 from cxrdist.data.sampler import TrainSampler
 from cxrdist.engine.losses import build_loss, weighted_bce
 from cxrdist.engine.strategy import log_batchnorm

@@ -14,18 +14,15 @@ Tolerance (fp32 round-off: the same sums in another order): every weight and Bat
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from cxrdist.dist import free_port
 from cxrdist.engine.pipeline import read_done
-from cxrdist.job import free_port
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import invariance_worker  # noqa: E402
+from testkit.tiny import invariance_worker
 
 ATOL, RTOL = 1e-6, 1e-5
 COMMON = (

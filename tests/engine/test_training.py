@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrdist import wandb_run, wandb_sync
+from cxrdist import wandb_run
 from cxrdist.engine.pipeline import read_done, run_stages
 from cxrdist.engine.stages import FunctionStage, StageContext, TrainStage
 from cxrdist.engine.trainer import NonFiniteLossError
-from cxrdist.job import prepare_run, run_local
 from cxrdist.log import Tracker, read_metrics
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import TinyNet, tiny_cfg, tiny_stages, tiny_stages_with_eval  # noqa: E402
+from cxrdist.run import wandb_sync
+from cxrdist.run.local import run_local
+from cxrdist.run.prepare import prepare_run
+from testkit.tiny import TinyNet, tiny_cfg, tiny_stages, tiny_stages_with_eval
 
 HERE = Path(__file__).parent
 
@@ -40,8 +40,12 @@ def same(a: dict, b: dict, atol: float = 0.0) -> bool:
 
 @pytest.mark.slow
 def test_killed_two_rank_run_resumes_bit_identical(shard_root: Path, tmp_path: Path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parents[1])}
-    cmd = [sys.executable, str(HERE / "tiny.py"), str(shard_root)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), str(HERE.parents[0])]),
+    }
+    cmd = [sys.executable, "-m", "testkit.tiny", str(shard_root)]
     extra = ["logger=wandb"]
     subprocess.run([*cmd, str(tmp_path / "ref"), "2", *extra], check=True, env=env, capture_output=True)
     run = tmp_path / "killed"

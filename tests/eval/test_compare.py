@@ -241,7 +241,7 @@ def test_report_cli_refuses_an_unknown_baseline(tmp_path: Path, shards: Path, ca
 
 
 def test_headline_scalars_carry_the_intervals():
-    from cxrdist.eval.evaluate import _headline
+    from cxrdist.engine.evaluator import _headline
 
     labels, pids, _ = _data()
     scores = np.random.default_rng(2).normal(size=labels.shape) + labels

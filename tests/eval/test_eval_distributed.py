@@ -4,7 +4,6 @@ divisible by neither 2 nor 3), with both loaders; a missing or duplicated index 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,12 @@ import torch
 import torch.multiprocessing as mp
 from sklearn.metrics import roc_auc_score
 
-from cxrdist.data.loader import LoaderSpec, build_loader
+from cxrdist.data.loaders.base import LoaderSpec
+from cxrdist.data.loaders.factory import build_loader
+from cxrdist.dist import free_port
+from cxrdist.engine.inference import gather_to_main, run_inference
 from cxrdist.eval.classification import auroc_per_class
-from cxrdist.eval.predict import gather_to_main, run_inference
-from cxrdist.job import free_port
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-from tiny import TinyNet  # noqa: E402
+from testkit.tiny import TinyNet
 
 OPS = [{"op": "resize", "size": 40}, {"op": "center_crop", "size": 32}]
 

@@ -12,10 +12,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from cxrdist.data.external.labelmap import annotated_classes
-from cxrdist.data.phantom_external import make_external_phantom
 from cxrdist.data.writer import WriterConfig, write_dataset
 from cxrdist.eval.external import external_section_md, masked_auroc, masked_bootstrap_mean
 from cxrdist.labels import LABELS
+from cxrdist.phantom.external import make_external_phantom
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +83,7 @@ def test_external_section_marks_absent_classes_and_shared_mean():
 
 
 def test_chexnet_from_the_nih_phantom_on_three_external_phantoms(shard_root: Path, tmp_path: Path, capsys):
-    from cxrdist.launcher import submit
+    from cxrdist.run.launcher import submit
 
     run = tmp_path / "run"
     crop = "[{op: resize, size: 40}, {op: center_crop, size: 32}]"

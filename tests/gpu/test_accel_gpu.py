@@ -13,9 +13,7 @@ import torch
 
 from cxrdist.dist import DistEnv
 from cxrdist.engine.strategy import build_strategy
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-from tiny import TinyBNNet  # noqa: E402
+from testkit.tiny import TinyBNNet
 
 pytestmark = [
     pytest.mark.gpu,

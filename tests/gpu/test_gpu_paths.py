@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrdist.job import run_local
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "engine"))
-from tiny import tiny_cfg, tiny_stages_with_eval  # noqa: E402
+from cxrdist.run.local import run_local
+from testkit.tiny import tiny_cfg, tiny_stages_with_eval
 
 pytestmark = [
     pytest.mark.gpu,
@@ -48,14 +46,15 @@ def _gpu_run(shards: Path, run_dir: Path, *extra: str) -> Path:
 
 def _cpu_run(shards: Path, run_dir: Path) -> Path:
     """The same run in a process that sees no GPU."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), *sys.path])}
+    paths = [str(HERE.parents[1]), str(HERE.parents[0]), *sys.path]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(paths)}
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from tiny import tiny_cfg, tiny_stages_with_eval;"
-        "from cxrdist.job import run_local; from pathlib import Path;"
-        "run_local(tiny_cfg(Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:]), nproc=1,"
+        "import sys; from testkit.tiny import tiny_cfg, tiny_stages_with_eval;"
+        "from cxrdist.run.local import run_local; from pathlib import Path;"
+        "run_local(tiny_cfg(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:]), nproc=1,"
         " stages_fn=tiny_stages_with_eval)"
     )
-    cmd = [sys.executable, "-c", code, str(HERE.parents[0] / "engine"), str(shards), str(run_dir), *STEPS]
+    cmd = [sys.executable, "-c", code, str(shards), str(run_dir), *STEPS]
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     return run_dir
 

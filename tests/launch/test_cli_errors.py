@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cxrdist.config import compose
-from cxrdist.job import prepare_run
+from cxrdist.run.prepare import prepare_run
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -112,39 +112,40 @@ def _cases(tmp: Path, shards: Path, phantom: Path, run: Path) -> dict[str, Case]
         "report not a run dir": Case("launch/report.py", [f"{tmp}/plain", "--out", f"{tmp}/r1"],
                                      ["not a cxrdist run dir"], [tmp / "r1"]),
         "report without results": Case("launch/report.py", [str(run)], ["no test metrics.json"], [run / "report"]),
-        # launch/shard.py
-        "shard --array 0": Case("launch/shard.py", ["--nih-root", str(phantom), "--out", f"{tmp}/h1", "--array", "0"],
+        # launch/write_shards.py --array (the array job)
+        "shard --array 0": Case("launch/write_shards.py",
+                                ["--nih-root", str(phantom), "--out", f"{tmp}/h1", "--array", "0"],
                                 ["--array must be ≥ 1, got 0"], [tmp / "h1"]),
-        "shard missing root": Case("launch/shard.py",
+        "shard missing root": Case("launch/write_shards.py",
                                    ["--nih-root", f"{tmp}/none", "--out", f"{tmp}/h2", "--array", "2"],
                                    [f"--nih-root {tmp}/none: no such folder"], [tmp / "h2"]),
-        # shards/
-        "write missing root": Case("shards/write.py", ["--nih-root", f"{tmp}/none", "--out", f"{tmp}/w1"],
+        # launch/write_shards.py (here), verify_shards.py, make_phantom.py
+        "write missing root": Case("launch/write_shards.py", ["--nih-root", f"{tmp}/none", "--out", f"{tmp}/w1"],
                                    ["no such folder"], [tmp / "w1"]),
-        "write root without CSV": Case("shards/write.py", ["--nih-root", f"{tmp}/nih", "--out", f"{tmp}/w2"],
+        "write root without CSV": Case("launch/write_shards.py", ["--nih-root", f"{tmp}/nih", "--out", f"{tmp}/w2"],
                                        ["missing Data_Entry_2017_v2020.csv"], [tmp / "w2"]),
-        "write out of another config": Case("shards/write.py", ["--nih-root", str(phantom), "--out", str(shards),
+        "write out of another config": Case("launch/write_shards.py", ["--nih-root", str(phantom), "--out", str(shards),
                                                                 "--size", "32", "--samples-per-shard", "40"],
                                             ["holds shards from a different writer config", "use a new --out"]),
-        "write --workers 0": Case("shards/write.py",
+        "write --workers 0": Case("launch/write_shards.py",
                                   ["--nih-root", str(phantom), "--out", f"{tmp}/w3", "--workers", "0"],
                                   ["--workers must be ≥ 1, got 0"], [tmp / "w3"]),
-        "verify missing root": Case("shards/verify.py", [f"{tmp}/none"], ["no such folder"]),
-        "phantom bad settings": Case("shards/make_phantom.py", ["--out", f"{tmp}/p1", "--num-images", "0"],
+        "verify missing root": Case("launch/verify_shards.py", [f"{tmp}/none"], ["no such folder"]),
+        "phantom bad settings": Case("launch/make_phantom.py", ["--out", f"{tmp}/p1", "--num-images", "0"],
                                      ["num_images=0 (must be >= 1)"], [tmp / "p1"]),
-        "phantom non-empty out": Case("shards/make_phantom.py", ["--out", f"{tmp}/plain", "--num-images", "10"],
+        "phantom non-empty out": Case("launch/make_phantom.py", ["--out", f"{tmp}/plain", "--num-images", "10"],
                                       ["not empty and not a phantom"]),
-        "phantom bad metadata dir": Case("shards/make_phantom.py",
+        "phantom bad metadata dir": Case("launch/make_phantom.py",
                                          ["--out", f"{tmp}/p2", "--metadata-dir", f"{tmp}/none"],
                                          [f"--metadata-dir {tmp}/none: no such folder"], [tmp / "p2"]),
-        "phantom bad flag value": Case("shards/make_phantom.py", ["--out", f"{tmp}/p3", "--worker", "2x"],
+        "phantom bad flag value": Case("launch/make_phantom.py", ["--out", f"{tmp}/p3", "--worker", "2x"],
                                      ["invalid int value: '2x' (see --help)"], [tmp / "p3"]),
     }  # fmt: skip
-    scripts = ["launch/local.py", "launch/submit.py", "launch/evaluate.py", "launch/report.py", "launch/shard.py",
-               "shards/write.py", "shards/verify.py", "shards/make_phantom.py"]  # fmt: skip
+    scripts = ["launch/local.py", "launch/submit.py", "launch/evaluate.py", "launch/report.py",
+               "launch/write_shards.py", "launch/verify_shards.py", "launch/make_phantom.py"]  # fmt: skip
     for script in scripts:
-        # verify.py has no option with a default
-        shows = ["usage: verify.py [-h] root"] if script == "shards/verify.py" else ["(default:"]
+        # verify_shards.py has no option with a default
+        shows = ["usage: verify_shards.py [-h] root"] if script == "launch/verify_shards.py" else ["(default:"]
         c[f"{script} --help"] = Case(script, ["--help"], [], exit=0, stdout=shows)
     return c
 

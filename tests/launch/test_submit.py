@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrdist.launcher import LaunchError, build_executor, parser, submit
+from cxrdist.run.launcher import LaunchError, build_executor, parser, submit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ def test_run_dir_of_other_method_or_config_is_refused(shard_root: Path, tmp_path
     moved = tmp_path / "moved"
     shutil.copytree(shard_root, moved)
     free = [a.replace(f"data.root={shard_root}", f"data.root={moved}") for a in args]
-    with caplog.at_level(logging.WARNING, logger="cxrdist.prepare"):
+    with caplog.at_level(logging.WARNING, logger="cxrdist.run.prepare"):
         submit([*free, "method=chexnet", "loader.workers=1", "engine.log_every_steps=7"])["job"].results()
     assert "resubmitted with changes that cannot change results" in caplog.text
     changes = (run / "logs" / "config-changes.log").read_text()
@@ -156,7 +156,7 @@ def test_wait_results_survives_a_requeue(monkeypatch: pytest.MonkeyPatch):
     """UncompletedJobError while squeue still lists the job (requeued) means wait; once it is gone, raise."""
     import submitit
 
-    from cxrdist import launcher
+    from cxrdist.run import launcher
 
     states = iter(["REQUEUED\n", "PENDING\n", "COMPLETED\n"])
     monkeypatch.setattr(launcher.subprocess, "run", lambda *a, **k: _FakeRun(next(states)))
@@ -274,7 +274,7 @@ def test_missing_imagenet_weights_refuse_the_run_before_it_exists(
     (cache / "densenet121-a639ec97.pth").write_bytes(b"")
     from cxrdist.config import compose
     from cxrdist.methods import get_method
-    from cxrdist.preflight import check_weights
+    from cxrdist.run.preflight import check_weights
 
     check_weights(get_method("chexnet")(compose(["method=chexnet", "data.root=/d"])))
 
@@ -300,8 +300,8 @@ def test_first_failing_rank_is_reported_and_the_run_dir_is_held(shard_root: Path
     """--cluster local, 2 tasks: rank 1 reads a corrupt JPEG. While the job lives a second submission to its run
     dir is refused naming it; rank 1's traceback is in rank1.log; rank 0 and the launcher name rank 1's DataError
     (not the gloo hang-up rank 0 saw); the job's end releases the run dir."""
-    from cxrdist import rundir
-    from cxrdist.launcher import failure_summary, wait_results
+    from cxrdist.run import rundir
+    from cxrdist.run.launcher import failure_summary, wait_results
 
     shards = tmp_path / "shards"
     shutil.copytree(shard_root, shards)
@@ -325,7 +325,7 @@ def test_first_failing_rank_is_reported_and_the_run_dir_is_held(shard_root: Path
 
 
 def test_submit_main_prints_the_first_failure(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path):
-    from cxrdist import rundir
+    from cxrdist.run import rundir
 
     run = tmp_path / "r"
     (run / "logs").mkdir(parents=True)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cxrdist.config import compose, save_config
-from cxrdist.sweep import expand, override_dirname
+from cxrdist.run.sweep import expand, override_dirname
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [

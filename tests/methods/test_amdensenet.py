@@ -17,8 +17,8 @@ from cxrdist.data.shard_cli import config_from_args, writer_parser
 from cxrdist.data.writer import write_dataset
 from cxrdist.engine.losses import focal
 from cxrdist.engine.pipeline import read_done
-from cxrdist.job import run_local
 from cxrdist.methods import get_method
+from cxrdist.run.local import run_local
 
 OPS = "[{op: resize_nearest, size: 32}]"
 

@@ -9,9 +9,9 @@ import torch
 
 from cxrdist.config import compose
 from cxrdist.engine.pipeline import read_done
-from cxrdist.job import run_local
 from cxrdist.methods import get_method
 from cxrdist.models.attention import Att1, HourglassAttention
+from cxrdist.run.local import run_local
 
 OPS = "[{op: resize, size: 36}, {op: center_crop, size: 32}]"
 TRAIN_OPS = "[{op: resize, size: 36}, {op: random_resized_crop, size: 32}, {op: hflip}]"

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_methods import diseasemask_overrides
 
 from cxrdist.config import compose
 from cxrdist.data.reader import ShardReader
@@ -18,7 +17,6 @@ from cxrdist.dist import DistEnv
 from cxrdist.engine.checkpoint import save_model_weights
 from cxrdist.engine.pipeline import read_done, stage_dirs
 from cxrdist.engine.stages import StageContext
-from cxrdist.job import run_local
 from cxrdist.log import Tracker
 from cxrdist.methods import get_method
 from cxrdist.methods.diseasemask_stages import (
@@ -31,6 +29,8 @@ from cxrdist.methods.diseasemask_stages import (
 )
 from cxrdist.models.alignment import warp, warp_maps_back
 from cxrdist.models.base import Classifier
+from cxrdist.run.local import run_local
+from testkit.tiny_methods import diseasemask_overrides
 
 SPLITS = ("train", "val", "test", "bbox")
 IDENTITY = [1.0, 1.0, 0.0, 0.0, 0.0]

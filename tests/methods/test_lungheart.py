@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_methods import lungheart_overrides
 
 from cxrdist.config import compose
 from cxrdist.data.reader import ShardReader
@@ -18,11 +17,12 @@ from cxrdist.data.sidecar import Sidecar, filled_mask, mark_filled
 from cxrdist.dist import DistEnv
 from cxrdist.engine.pipeline import read_done, stage_dirs
 from cxrdist.engine.stages import StageContext
-from cxrdist.job import run_local
 from cxrdist.log import Tracker
 from cxrdist.methods import get_method
 from cxrdist.methods.lungheart import maps
 from cxrdist.methods.lungheart_stages import train_unet, write_masks
+from cxrdist.run.local import run_local
+from testkit.tiny_methods import lungheart_overrides
 
 SPLITS = ("train", "val", "test", "bbox")
 

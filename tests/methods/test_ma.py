@@ -15,14 +15,14 @@ from cxrdist.config import compose
 from cxrdist.data.sidecar import read_key_list
 from cxrdist.dist import DistEnv
 from cxrdist.engine.checkpoint import load_model_weights
+from cxrdist.engine.inference import gather_to_main, run_inference
 from cxrdist.engine.pipeline import read_done, stage_dirs
 from cxrdist.engine.stages import StageContext
-from cxrdist.eval.predict import gather_to_main, run_inference
-from cxrdist.job import run_local
 from cxrdist.labels import LABELS
 from cxrdist.log import Tracker
 from cxrdist.methods import get_method
 from cxrdist.methods.ma import HARD_KEYS, hard_examples
+from cxrdist.run.local import run_local
 
 STAGES = ("base", "mine", "retrain", "eval")
 TRAIN_OPS = "[{op: resize, size: 36}, {op: random_translate_crop, size: 32, max_shift: 2}]"

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_methods import method_overrides
 
 from cxrdist.engine.pipeline import read_done
-from cxrdist.launcher import submit
+from cxrdist.run.launcher import submit
+from testkit.tiny_methods import method_overrides
 
 ARTIFACTS = {  # files in the run dir, and the W&B image keys' prefixes (media/images/<prefix>/...)
     "ma": (["03_eval/test/roc.png", "03_eval/bbox/roc.png"], {"eval"}),

@@ -9,10 +9,10 @@ import pytest
 import timm
 import torch
 import torchvision.models as tvm
-from modelcheck import count
 
 from cxrdist.models import build_model
 from cxrdist.models.backbones import adapt_first_conv, build_backbone, load_resnet101_into_seresnet, weights_enum
+from testkit.modelcheck import count
 
 # mmpretrain's SE-ResNet table (SE block r=16 in every bottleneck, 1000-class head) lists SE-ResNet-101 at
 # "Params(M) 49.33"; the SENet paper (Hu et al.) itself prints only SE-ResNet-50's ~2.5M increment.

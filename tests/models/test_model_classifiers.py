@@ -6,9 +6,9 @@ import pytest
 import timm
 import torch
 import torchvision.models as tvm
-from modelcheck import conv_params, count
 
 from cxrdist.models import Classifier, build_model, list_models
+from testkit.modelcheck import conv_params, count
 
 K = 14
 # (registry name, builder kwargs); every one has a 7×7 feature map at 224

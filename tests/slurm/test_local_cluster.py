@@ -1,4 +1,4 @@
-"""Tests for slurm/local-cluster.sh and slurm/train.sbatch against a real one-machine Slurm cluster.
+"""Tests for tests/slurm/local-cluster.sh and slurm/train.sbatch against a real one-machine Slurm cluster.
 
 The ``slurm``-marked tests bring up their own 2-node cluster in a temporary state dir on a free block of
 ports (root needed; the first run installs the Debian packages), and tear it down at the end, checking that
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CLUSTER_SH = REPO / "slurm" / "local-cluster.sh"
+CLUSTER_SH = REPO / "tests" / "slurm" / "local-cluster.sh"  # test infrastructure, not the user's
 TRAIN_SBATCH = REPO / "slurm" / "train.sbatch"
 NUM_NODES = 2
 TWO_NODES = ["--nodes", str(NUM_NODES), "--ntasks-per-node", "1"]
@@ -289,7 +289,7 @@ def test_gloo_all_reduce_across_two_nodes(cluster: Cluster, tmp_path: Path) -> N
 @pytest.mark.slurm
 def test_train_sbatch_template_runs_torchrun_on_both_nodes(cluster: Cluster, tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    # Stand-in for cxrdist.train: joins the torchrun world, all-reduces, echoes its overrides.
+    # Stand-in for cxrdist.run.torchrun: joins the torchrun world, all-reduces, echoes its overrides.
     stub_dir = tmp_path / "stub"
     stub_dir.mkdir()
     (stub_dir / "cxrdist_stub_train.py").write_text(
@@ -304,7 +304,9 @@ def test_train_sbatch_template_runs_torchrun_on_both_nodes(cluster: Cluster, tmp
     # No -o: the job's output must land in its run dir, nothing in the submission folder (--chdir).
     sbatch_args = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=5", "--chdir", str(tmp_path)]
     overrides = ["method=chexnet", "trainer.max_steps=3"]
-    stub_env = {"PYTHON": sys.executable, "TRAIN_MODULE": "cxrdist_stub_train", "PYTHONPATH": str(stub_dir)}
+    # The checkout's cxrdist on the path too: the template asks cxrdist.dist for the rendezvous address and port.
+    stub_path = os.pathsep.join([str(stub_dir), str(REPO)])
+    stub_env = {"PYTHON": sys.executable, "TRAIN_MODULE": "cxrdist_stub_train", "PYTHONPATH": stub_path}
     job_id = _sbatch_wait(
         cluster, [*sbatch_args, str(TRAIN_SBATCH), *overrides], timeout=170, GLOO_SOCKET_IFNAME="lo", **stub_env
     )

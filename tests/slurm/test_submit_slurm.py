@@ -1,4 +1,4 @@
-"""launch/submit.py and launch/shard.py on a real 2-node local Slurm cluster (marked ``slurm``).
+"""launch/submit.py and launch/write_shards.py --array on a real 2-node local Slurm cluster (marked ``slurm``).
 
 chexnet (tiny) trains on 2 ranks over gloo across both slurmd, evaluates and finishes; an identical job is
 requeued mid-epoch with ``scontrol requeue`` and ends with the same weights, the same W&B run id, its metrics
@@ -18,17 +18,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_local_cluster import Cluster, cluster  # noqa: F401  (the module-scoped cluster fixture)  # noqa: F401  (the module-scoped cluster fixture)
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "methods"))
-from test_local_cluster import Cluster, cluster  # noqa: E402,F401  (the module-scoped cluster fixture)
-from tiny_methods import diseasemask_overrides, lungheart_overrides  # noqa: E402
-
-from cxrdist import wandb_sync  # noqa: E402
-from cxrdist.engine.checkpoint import FAULT_ENV  # noqa: E402
-from cxrdist.launcher import submit, submit_sharding, wait_results  # noqa: E402
-from cxrdist.log import read_metrics  # noqa: E402
-from cxrdist.rundir import RunDirBusy, read_lock  # noqa: E402
+from cxrdist.engine.checkpoint import FAULT_ENV
+from cxrdist.log import read_metrics
+from cxrdist.run import wandb_sync
+from cxrdist.run.launcher import submit, wait_results
+from cxrdist.run.rundir import RunDirBusy, read_lock
+from cxrdist.run.shards import submit_sharding
+from testkit.tiny_methods import diseasemask_overrides, lungheart_overrides
 
 pytestmark = pytest.mark.slurm
 TINY = [

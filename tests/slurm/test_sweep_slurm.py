@@ -4,13 +4,10 @@ Slurm job array, every element in its own run dir, then the sweep's leaderboard.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_local_cluster import Cluster, cluster  # noqa: E402,F401  (the module-scoped cluster fixture)
+from test_local_cluster import Cluster, cluster  # noqa: F401  (the module-scoped cluster fixture)
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]

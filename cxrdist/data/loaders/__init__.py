@@ -1,0 +1,1 @@
+"""Shard loaders: ``base`` (interface, sampling, joins), ``pil`` (torch/PIL), ``dali``, ``factory``."""

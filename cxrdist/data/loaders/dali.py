@@ -1,0 +1,150 @@
+"""The DALI loader: JPEG decoding with nvjpeg (``device="mixed"``) when CUDA is available, else on the CPU.
+
+The GPU/CPU choice is made by capability (``torch.cuda.is_available()``), never by a flag. Encoded bytes, crop
+windows, flips and global indices enter the pipeline through ``fn.external_source`` from the shared sampler,
+so this loader yields exactly the samples and geometry of the torch loader (see ``reader.py`` for why the
+sampler, not ``fn.readers.webdataset``'s shuffle buffer, decides the order). Decoding, crop, resampling and
+flip run in DALI; normalisation runs in torch on the batch's device like the other backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from cxrdist.data.format import DataError
+from cxrdist.data.loaders.base import BaseLoader, LoaderSpec, decode_gray
+
+logger = logging.getLogger(__name__)
+
+
+def dali_device_id(device: torch.device) -> int | None:
+    """DALI's device_id: the CUDA index of ``device``; None for a CPU-only pipeline (DALI needs None there)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return device.index if device.index is not None else torch.cuda.current_device()
+    return None
+
+
+class DaliLoader(BaseLoader):
+    """DALI backend (CPU decode here; nvjpeg on a GPU)."""
+
+    def __init__(
+        self,
+        spec: LoaderSpec,
+        *,
+        world_size: int = 1,
+        rank: int = 0,
+        device: torch.device | None = None,
+        num_threads: int = 2,
+    ):
+        if device is None:
+            device = (
+                torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+            )
+        super().__init__(spec, world_size=world_size, rank=rank, device=device)
+        self.num_threads = num_threads
+        self.device_id = dali_device_id(self.device)
+        outs = {sample_geometry_out(self, i) for i in range(min(len(self.reader), 1))}
+        self.out_size = outs.pop() if outs else 0
+        self.nearest = any(op["op"] == "resize_nearest" for op in spec.ops)
+
+    def _source(self, epoch: int, plan: list[tuple[np.ndarray, np.ndarray]]):
+        """The external_source callable: one planned batch per call, StopIteration at the end."""
+        it = iter(plan)
+
+        def next_batch():
+            indices, positions = next(it)  # StopIteration ends the DALI epoch
+            ids = indices.tolist()
+            jpegs = [np.frombuffer(self.reader.jpeg(i), dtype=np.uint8) for i in ids]
+            geoms = [self.geometry(i, p, epoch) for i, p in zip(ids, positions.tolist())]
+            # Dense (batch, ...) arrays, one per output: DALI takes each as a whole batch (no per-sample arrays)
+            anchors = np.array([(g.x0, g.y0) for g in geoms], dtype=np.int32)
+            shapes = np.array([(g.w, g.h) for g in geoms], dtype=np.int32)
+            flips = np.array([g.flip for g in geoms], dtype=np.int32)
+            return jpegs, anchors, shapes, flips, indices.astype(np.int64).reshape(-1, 1)
+
+        return next_batch
+
+    def _build(self, source):
+        from nvidia.dali import fn, pipeline_def, types
+
+        gpu = self.device_id is not None
+
+        @pipeline_def(
+            batch_size=self.spec.batch_per_rank,
+            num_threads=self.num_threads,
+            device_id=self.device_id,
+            prefetch_queue_depth=2,
+            exec_dynamic=True,
+        )
+        def pipe():
+            jpegs, anchor, shape, flip, index = fn.external_source(
+                source=source, num_outputs=5, batch=True, no_copy=False
+            )
+            images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.GRAY)
+            images = fn.slice(images, start=anchor, shape=shape, axis_names="WH")
+            interp = types.INTERP_NN if self.nearest else types.INTERP_LINEAR
+            images = fn.resize(
+                images, size=[self.out_size, self.out_size], interp_type=interp, antialias=True, dtype=types.FLOAT
+            )
+            images = fn.flip(images, horizontal=flip)
+            return fn.transpose(images, perm=[2, 0, 1]), index
+
+        p = pipe()
+        p.build()
+        return p
+
+    def _image_batches(self, epoch: int, plan: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[torch.Tensor]:
+        if not plan:
+            return
+        pipe = self._build(self._source(epoch, plan))
+        try:
+            for b, (indices, _) in enumerate(plan):
+                try:
+                    images, index = pipe.run()
+                except StopIteration:
+                    raise DataError(f"DALI pipeline ended after {b} of {len(plan)} batches") from None
+                except RuntimeError as e:
+                    raise self._explain(e, indices) from None
+                got = (
+                    np.asarray(index.as_cpu().as_array()).reshape(-1)
+                    if self.device_id is not None
+                    else np.asarray(index.as_array()).reshape(-1)
+                )
+                if not np.array_equal(got, indices):  # the pipeline must return batches in feed order
+                    raise RuntimeError(f"DALI returned samples {got[:4]}..., expected {indices[:4]}...")
+                yield _to_torch(images, self.device)
+        finally:
+            del pipe
+
+    def _explain(self, err: RuntimeError, indices: np.ndarray) -> Exception:
+        """Turn a DALI decode error into one naming the shard and key (by re-decoding the batch in Python)."""
+        for i in indices.tolist():
+            try:
+                decode_gray(self.reader.jpeg(i), self.reader.where(i))
+            except DataError as e:
+                return e
+        return DataError(
+            f"DALI failed on a batch of {self.reader.root / self.reader.split} "
+            f"(keys {[self.reader.keys[i] for i in indices[:3]]}...): {err}"
+        )
+
+
+def sample_geometry_out(loader: BaseLoader, index: int) -> int:
+    """The output side of the loader's transform (the same for every sample)."""
+    return loader.geometry(index, 0, 0).out
+
+
+def _to_torch(tl, device: torch.device) -> torch.Tensor:
+    """A DALI TensorList (uniform shapes) → torch tensor on ``device`` (zero-copy into a CUDA tensor on GPU)."""
+    if device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        t = tl.as_tensor()
+        out = torch.empty(t.shape(), dtype=torch.float32, device=device)
+        feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.asarray(tl.as_array()))
