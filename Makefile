@@ -27,8 +27,9 @@ test-slurm: venv
 demo: venv
 	$(PY) -m cxrdist.run.demo --out $(DEMO_DIR)
 
+# ruff, then the import layers (the import-linter contract in pyproject.toml; tests/test_imports.py checks the rest).
 lint: venv
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports
 
 format: venv
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .

@@ -383,3 +383,10 @@ def ready_model(model: torch.nn.Module, state: dict[str, torch.Tensor], device: 
     a trained model ready (from a run's weights file or an exported model's safetensors)."""
     model.load_state_dict(state, strict=True)
     return model.eval().to(device)
+
+
+def load_trained(model: torch.nn.Module, weights: Path, device: torch.device | str) -> torch.nn.Module:
+    """Build → load weights → to device, written once: ``model`` (just built) with the weights file ``weights``
+    (:func:`save_model_weights`'s) loaded, in eval mode, on ``device`` (scoring, evaluation, a frozen auxiliary
+    network; :func:`ready_model` does the same from a state dict, e.g. an export's)."""
+    return ready_model(model, read_model_weights(weights)[0], device)

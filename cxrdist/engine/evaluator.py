@@ -16,16 +16,19 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from cxrdist import dist
 from cxrdist.data.external.common import label_masks
 from cxrdist.data.format import read_json
+from cxrdist.data.loaders.base import BaseLoader
 from cxrdist.data.transforms import paste_maps
-from cxrdist.engine.checkpoint import read_model_weights, ready_model
+from cxrdist.engine.checkpoint import load_trained
 from cxrdist.engine.inference import gather_to_main, run_inference
+from cxrdist.engine.stages import EvalStage, StageContext
 from cxrdist.eval.box_overlay import box_overlay
 from cxrdist.eval.boxes import boxes_from_heatmap, heatmap_to_image, scale_xywh
 from cxrdist.eval.classification import auroc_per_class
@@ -36,10 +39,6 @@ from cxrdist.eval.localization import ORACLE, evaluate_localization
 from cxrdist.eval.tables import auroc_table_md, localization_table_md
 from cxrdist.eval.tracker_tables import BBOX_COLUMNS, ROC_COLUMNS, bbox_image_rows, roc_points
 from cxrdist.labels import BOX_CLASSES, LABELS
-
-if TYPE_CHECKING:
-    from cxrdist.data.loaders.base import BaseLoader
-    from cxrdist.engine.stages import EvalStage, StageContext
 
 logger = logging.getLogger(__name__)
 
@@ -253,10 +252,8 @@ def fixed_threshold_summary(loc: dict[str, Any]) -> dict[str, float | None]:
 
 def evaluate_model(ctx: StageContext, stage: EvalStage, out_root: Path | None = None) -> dict[str, Any]:
     """Run the configured evaluation splits; return a summary for DONE.json."""
-    from cxrdist import dist
-
     weights = stage.weights(ctx)
-    model = ready_model(stage.build_model(ctx), read_model_weights(weights)[0], ctx.env.device)
+    model = load_trained(stage.build_model(ctx), weights, ctx.env.device)
     out_root = out_root or ctx.stage_dir
     summary: dict[str, Any] = {"weights": str(weights)}
     for split in ctx.cfg.eval.splits:

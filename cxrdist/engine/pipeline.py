@@ -1,5 +1,8 @@
 """Run a method's stages in order; skip finished ones; write each stage's DONE.json atomically.
 
+``run_stage`` dispatches each kind of stage (plain data, ``stages.py``) to what does the work: the trainer, the
+distributed inference of a :class:`ScoreStage`, the evaluator, or a :class:`FunctionStage`'s function.
+
 A stage is finished when ``RUN/stages/NN_name/DONE.json`` exists: rank 0 writes it (temp + rename) after a
 barrier, with the stage's outputs, the hash of the config the stage depends on and the code version. A DONE
 written under another config is an error (a run dir is tied to its config; see run/prepare.py for ``--force``).
@@ -22,7 +25,11 @@ from omegaconf import DictConfig
 
 from cxrdist import __version__, dist
 from cxrdist.config import config_hash, to_container
-from cxrdist.engine.stages import Stage, StageContext
+from cxrdist.engine.checkpoint import load_trained
+from cxrdist.engine.evaluator import evaluate_model
+from cxrdist.engine.inference import gather_to_main, run_inference
+from cxrdist.engine.stages import EvalStage, FunctionStage, ScoreStage, Stage, StageContext, TrainStage
+from cxrdist.engine.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +99,36 @@ def _drop_resume_checkpoints(stage_dir: Path) -> None:
     )
 
 
+def run_score_stage(ctx: StageContext, stage: ScoreStage) -> dict[str, Any]:
+    """Distributed inference of the stage's model over its split; ``stage.finish`` turns the result into artifacts."""
+    model = load_trained(stage.build_model(ctx), stage.weights(ctx), ctx.env.device)
+    spec = ctx.loader_spec(
+        split=stage.split,
+        train=False,
+        transforms=stage.transforms(ctx),
+        batch=ctx.cfg.loader.eval_batch_per_rank,
+        **stage.loader_extras(ctx),
+    )
+    loader = ctx.make_loader(spec)
+    with ctx.progress(loader.num_samples, f"{stage.name}: scoring {stage.split}") as bar:
+        local = run_inference(model, loader, forward=stage.forward, progress=bar)
+    placed = gather_to_main(local, loader.num_samples)
+    return stage.finish(ctx, placed, loader)
+
+
+def run_stage(ctx: StageContext, stage: Stage) -> dict[str, Any]:
+    """Do one stage's work (collectively on every rank); return its outputs for DONE.json."""
+    if isinstance(stage, TrainStage):
+        return Trainer(ctx, stage).fit()
+    if isinstance(stage, ScoreStage):
+        return run_score_stage(ctx, stage)
+    if isinstance(stage, EvalStage):
+        return evaluate_model(ctx, stage)
+    if isinstance(stage, FunctionStage):
+        return stage.fn(ctx)
+    raise TypeError(f"stage {stage.name!r}: unknown kind {type(stage).__name__}")
+
+
 def run_stages(ctx: StageContext, stages: list[Stage]) -> dict[str, dict[str, Any]]:
     """Run every unfinished stage in order (collectively); return each stage's DONE record."""
     dirs = stage_dirs(ctx.run_dir, stages)
@@ -117,7 +154,7 @@ def run_stages(ctx: StageContext, stages: list[Stage]) -> dict[str, dict[str, An
         ctx.stage_dir = sdir
         logger.info("stage %s: start (%s)", stage.name, sdir)
         t0 = time.time()
-        outputs = stage.run(ctx)
+        outputs = run_stage(ctx, stage)
         dist.barrier()
         record = {
             "stage": stage.name,

@@ -11,18 +11,16 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from cxrdist import dist
+from cxrdist.data.loaders.base import BaseLoader
 from cxrdist.data.sidecar import create_sidecar, filled_mask, mark_filled, write_rows
+from cxrdist.engine.stages import StageContext
 from cxrdist.engine.strategy import resolve_precision
-
-if TYPE_CHECKING:
-    from cxrdist.data.loaders.base import BaseLoader
-    from cxrdist.engine.stages import StageContext
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +75,28 @@ def fill_sidecar(
     if env.is_main:
         logger.info("%s: %d rows computed, %d were already filled", path, total, len(keys) - len(todo))
     return {"rows": len(keys), "computed": total, "already_filled": len(keys) - len(todo)}
+
+
+def fill_split_sidecars(
+    ctx: StageContext,
+    name: str,
+    transforms: Any,
+    compute: Callable[[dict[str, Any]], np.ndarray],
+    *,
+    shape: tuple[int, ...],
+    dtype: str,
+    kind: str,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, dict[str, int]]:
+    """The sidecar ``<stage dir>/<split>/<name>`` of every split (:func:`sidecar_splits`), each filled by
+    :func:`fill_sidecar` through an evaluation loader with ``transforms``; returns each split's counts."""
+    out = {}
+    for split in sidecar_splits(ctx):
+        spec = ctx.loader_spec(
+            split=split, train=False, transforms=transforms, batch=ctx.cfg.loader.eval_batch_per_rank
+        )
+        out[split] = fill_sidecar(
+            ctx, ctx.stage_dir / split / name, ctx.make_loader(spec), compute, shape=shape, dtype=dtype, kind=kind,
+            notes=notes,
+        )  # fmt: skip
+    return out

@@ -1,7 +1,9 @@
-"""Method-agnostic stage kinds; ``methods/`` composes them into each method's stage list.
+"""Method-agnostic stage kinds, as plain data; ``methods/`` composes them, ``pipeline.py`` runs them.
 
 A stage owns ``RUN/stages/NN_name/``; it reads an earlier stage's artifacts by path (``ctx.stage_path``) and
-returns its outputs, which the pipeline writes to ``DONE.json``. Kinds: :class:`TrainStage` (the trainer),
+returns its outputs, which the pipeline writes to ``DONE.json``. A stage only describes the work (what to build,
+which weights, which split); ``pipeline.run_stage`` dispatches it to the trainer, inference or the evaluator, so
+this module imports none of them. Kinds: :class:`TrainStage` (the trainer),
 :class:`ScoreStage` (distributed inference over a split whose gathered result a function turns into
 artifacts), :class:`EvalStage` (the final evaluator), :class:`FunctionStage` (any other collective step, e.g.
 training an auxiliary network or writing a sidecar).
@@ -9,7 +11,6 @@ training an auxiliary network or writing a sidecar).
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,14 +115,10 @@ class StageContext:
         return self.make_loader(spec)
 
 
-class Stage(ABC):
+class Stage:
     """A named step of a method with an on-disk contract (its dir, its artifacts, DONE.json)."""
 
     name: str
-
-    @abstractmethod
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        """Do the work (collectively on every rank); return outputs for DONE.json (rank 0's are written)."""
 
 
 @dataclass
@@ -137,11 +134,6 @@ class TrainStage(Stage):
     # (ctx) -> dict of LoaderSpec extras: restrict_keys / oversample_keys / sidecars (paths of earlier stages)
     loader_extras: Callable[[StageContext], dict[str, Any]] = lambda ctx: {}
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        from cxrdist.engine.trainer import Trainer
-
-        return Trainer(ctx, self).fit()
-
 
 @dataclass
 class FunctionStage(Stage):
@@ -149,9 +141,6 @@ class FunctionStage(Stage):
 
     name: str
     fn: Callable[[StageContext], dict[str, Any]]
-
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        return self.fn(ctx)
 
 
 @dataclass
@@ -171,26 +160,6 @@ class ScoreStage(Stage):
     forward: Forward = default_forward
     loader_extras: Callable[[StageContext], dict[str, Any]] = lambda ctx: {}
 
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        from cxrdist.engine.checkpoint import load_model_weights
-        from cxrdist.engine.inference import gather_to_main, run_inference
-
-        model = self.build_model(ctx)
-        load_model_weights(self.weights(ctx), model)
-        model.to(ctx.env.device)
-        spec = ctx.loader_spec(
-            split=self.split,
-            train=False,
-            transforms=self.transforms(ctx),
-            batch=ctx.cfg.loader.eval_batch_per_rank,
-            **self.loader_extras(ctx),
-        )
-        loader = ctx.make_loader(spec)
-        with ctx.progress(loader.num_samples, f"{self.name}: scoring {self.split}") as bar:
-            local = run_inference(model, loader, forward=self.forward, progress=bar)
-        placed = gather_to_main(local, loader.num_samples)
-        return self.finish(ctx, placed, loader)
-
 
 @dataclass
 class EvalStage(Stage):
@@ -203,8 +172,3 @@ class EvalStage(Stage):
     maps: Callable[[torch.nn.Module, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
     loader_extras: Callable[[StageContext], dict[str, Any]] = lambda ctx: {}
     published: dict[str, Any] = field(default_factory=dict)
-
-    def run(self, ctx: StageContext) -> dict[str, Any]:
-        from cxrdist.engine.evaluator import evaluate_model
-
-        return evaluate_model(ctx, self)

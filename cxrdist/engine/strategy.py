@@ -152,7 +152,7 @@ class DeepSpeedStrategy(Strategy):
     """DeepSpeed engine with a torch optimizer (no fused_adam JIT), ZeRO 0/1/2."""
 
     def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        import deepspeed
+        import deepspeed  # optional heavy dependency: only for engine=deepspeed
 
         if self.zero_stage not in (0, 1, 2):
             raise ValueError(f"engine.zero_stage {self.zero_stage}: choose 0, 1 or 2")

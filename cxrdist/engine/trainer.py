@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +31,9 @@ from cxrdist.engine.checkpoint import (
 from cxrdist.engine.inference import gather_to_main, run_inference
 from cxrdist.engine.losses import build_loss
 from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
+from cxrdist.engine.stages import StageContext, TrainStage
 from cxrdist.engine.strategy import Strategy, build_strategy, log_batchnorm
 from cxrdist.eval.classification import auroc_per_class
-
-if TYPE_CHECKING:
-    from cxrdist.engine.stages import StageContext, TrainStage
 
 logger = logging.getLogger(__name__)
 

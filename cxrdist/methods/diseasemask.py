@@ -18,6 +18,7 @@ Stages (docs/methods.md#diseasemask; stage 0 is cxrdist's, the paper presupposes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,15 @@ from cxrdist.engine.checkpoint import load_model_weights
 from cxrdist.engine.predictor import AuxNet
 from cxrdist.engine.stages import EvalStage, FunctionStage, Stage, StageContext, TrainStage
 from cxrdist.methods.base import Method, register_method
-from cxrdist.methods.diseasemask_stages import affine_rows, align_images, black, build_masks, run_align
+from cxrdist.methods.diseasemask_stages import (
+    affine_extras,
+    affine_rows,
+    align_images,
+    black,
+    build_masks,
+    run_align,
+    smooth_kernel,
+)
 from cxrdist.models import build_model
 from cxrdist.models.alignment import warp_maps_back
 
@@ -79,11 +88,8 @@ class DiseaseMask(Method):
         return int(self.recipe(stage).transforms.eval[-1]["size"])
 
     def smooth_kernel(self) -> int:
-        """G's kernel at the align stage's input size: the same 1/32-of-the-image cells as 16 px at 512 px."""
-        size = self.input_size("align")
-        if size % self.options.smooth_grid:
-            raise ValueError(f"align input {size} is not a multiple of options.smooth_grid={self.options.smooth_grid}")
-        return size // self.options.smooth_grid
+        """G's kernel at the align stage's input size (see ``diseasemask_stages.smooth_kernel``)."""
+        return smooth_kernel(self.options, self.recipe("align"))
 
     def build_model(self, stage: str) -> torch.nn.Module:
         """A ResNet-50 ``DiseaseMaskNet`` sized for the stage's input (ψ = 0 until :meth:`init_retrain`)."""
@@ -97,10 +103,6 @@ class DiseaseMask(Method):
             mask_size=size // RESNET_STRIDE,
             imagenet_weights=self.model_cfg.imagenet_weights,
         )
-
-    def affine_extras(self, ctx: StageContext) -> dict[str, Any]:
-        """The affine sidecar of the loader's split."""
-        return {"sidecars": {"affine": str(ctx.stage_path("align", "{split}", "affine"))}}
 
     def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """Logits of the aligned images."""
@@ -127,28 +129,46 @@ class DiseaseMask(Method):
 
     def stages(self) -> list[Stage]:
         build = lambda name: lambda ctx: self.build_model(name)  # noqa: E731
-        final = "retrain" if self.options.use_masks else "classify"
+        o = self.options
+        final = "retrain" if o.use_masks else "classify"
         stages: list[Stage] = [
             TrainStage("perceptual", self.recipe("perceptual"), build("perceptual")),
-            FunctionStage("align", lambda ctx: run_align(ctx, self)),
+            FunctionStage(
+                "align",
+                partial(
+                    run_align,
+                    options=o,
+                    recipe=self.recipe("align"),
+                    model_cfg=self.model_cfg,
+                    perceptual=partial(self.build_model, "perceptual"),
+                ),
+            ),  # fmt: skip
             TrainStage(
                 "classify",
                 self.recipe("classify"),
                 build("classify"),
                 forward=self.forward,
-                loader_extras=self.affine_extras,
+                loader_extras=affine_extras,
             ),
         ]
         if self.options.use_masks:
             stages += [
-                FunctionStage("masks", lambda ctx: build_masks(ctx, self)),
+                FunctionStage(
+                    "masks",
+                    partial(
+                        build_masks,
+                        opts=o,
+                        recipe=self.recipe("classify"),
+                        classifier=partial(self.build_model, "classify"),
+                    ),
+                ),  # fmt: skip
                 TrainStage(
                     "retrain",
                     self.recipe("retrain"),
                     build("retrain"),
                     forward=self.forward,
                     init_from=self.init_retrain,
-                    loader_extras=self.affine_extras,
+                    loader_extras=affine_extras,
                 ),
             ]
         recipe = self.recipe(final)
@@ -159,7 +179,7 @@ class DiseaseMask(Method):
                 weights=lambda ctx: ctx.stage_path(final, "best.pt"),
                 transforms=lambda ctx: recipe.transforms,
                 maps=self.maps,
-                loader_extras=self.affine_extras,
+                loader_extras=affine_extras,
                 published=OmegaConf.to_container(self.cfg.method.published),
             )
         )

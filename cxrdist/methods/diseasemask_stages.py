@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,18 +26,16 @@ from torch import Tensor
 
 from cxrdist import dist
 from cxrdist.data.transforms import normalize_batch
-from cxrdist.engine.checkpoint import latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
+from cxrdist.engine.checkpoint import latest_checkpoint, load_checkpoint, load_trained, save_checkpoint
 from cxrdist.engine.optim import build_optimizer, derive_batch
-from cxrdist.engine.sidecar_writer import fill_sidecar, inference_autocast, sidecar_splits
+from cxrdist.engine.sidecar_writer import fill_split_sidecars, inference_autocast
 from cxrdist.engine.stages import StageContext
 from cxrdist.engine.strategy import build_strategy, log_batchnorm
+from cxrdist.eval.figures import plot_image_grid
 from cxrdist.labels import BOX_CLASSES
 from cxrdist.models import build_model
 from cxrdist.models.alignment import smooth, warp
 from cxrdist.models.diseasemask import SYMMETRIC_BOX_CLASSES, accumulate_disease_masks, finalize_disease_masks
-
-if TYPE_CHECKING:
-    from cxrdist.methods.diseasemask import DiseaseMask
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +85,10 @@ class AlignmentLoss:
         return (le + self.weight * lp).mean(), le.mean(), lp.mean()
 
 
-def compute_anchor(ctx: StageContext, method: DiseaseMask) -> tuple[np.ndarray, int]:
+def compute_anchor(ctx: StageContext, options: Any, recipe: Any) -> tuple[np.ndarray, int]:
     """The anchor (C, H, W), the mean of up to ``anchor_images`` "No Finding" train images normalised like the
     input, and the number of images averaged."""
-    recipe, count = method.recipe("align"), method.options.anchor_images
+    count = options.anchor_images
     spec = ctx.loader_spec(
         split="train", train=False, transforms=recipe.transforms, batch=ctx.cfg.loader.eval_batch_per_rank
     )
@@ -108,23 +106,35 @@ def compute_anchor(ctx: StageContext, method: DiseaseMask) -> tuple[np.ndarray, 
     return (total / len(chosen)).float().cpu().numpy(), len(chosen)
 
 
-def _perceptual_net(ctx: StageContext, method: DiseaseMask) -> torch.nn.Module:
-    net = method.build_model("perceptual")
-    load_model_weights(ctx.stage_path("perceptual", "best.pt"), net)
-    return net.eval().requires_grad_(False).to(ctx.env.device)
+def smooth_kernel(options: Any, recipe: Any) -> int:
+    """G's kernel at the align stage's input size: the same 1/32-of-the-image cells as 16 px at 512 px."""
+    size = int(recipe.transforms.eval[-1]["size"])  # the align stage's ops are resizes only
+    if size % options.smooth_grid:
+        raise ValueError(f"align input {size} is not a multiple of options.smooth_grid={options.smooth_grid}")
+    return size // options.smooth_grid
+
+
+def affine_extras(ctx: StageContext) -> dict[str, Any]:
+    """The affine sidecar of the loader's split (``{split}`` is filled in by the loader)."""
+    return {"sidecars": {"affine": str(ctx.stage_path("align", "{split}", "affine"))}}
+
+
+def _perceptual_net(ctx: StageContext, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    return load_trained(build(), ctx.stage_path("perceptual", "best.pt"), ctx.env.device).requires_grad_(False)
 
 
 def _save(ckpt_root: Path, step: int, strategy, loader, history: list, keep: int) -> None:
     save_checkpoint(ckpt_root, step, strategy, {"loader": loader.state_dict(), "history": history}, keep)
 
 
-def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) -> tuple[torch.nn.Module, list, dict]:
+def train_alignment(
+    ctx: StageContext, opts: Any, recipe: Any, anchor: np.ndarray, *, model_cfg: Any, perceptual: Callable
+) -> tuple[torch.nn.Module, list, dict]:
     """Train the alignment net (resuming from ``ckpt/``); return it (unwrapped, eval mode), the epoch history and
-    the BatchNorm record."""
-    cfg, env, opts, recipe = ctx.cfg, ctx.env, method.options, method.recipe("align")
+    the BatchNorm record. ``perceptual`` builds the perceptual net (its weights: the ``perceptual`` stage's)."""
+    cfg, env, m = ctx.cfg, ctx.env, model_cfg
     micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
     torch.manual_seed(cfg.seed)
-    m = method.model_cfg
     net = build_model(
         "alignment", pretrained=m.pretrained, in_chans=recipe.transforms.channels, imagenet_weights=m.imagenet_weights
     )
@@ -149,9 +159,9 @@ def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) 
         step, history = state["step"], state["history"]
     loss_fn = AlignmentLoss(
         torch.from_numpy(anchor)[None].to(env.device),
-        _perceptual_net(ctx, method).stage_features,
+        _perceptual_net(ctx, perceptual).stage_features,
         black(recipe.transforms),
-        method.smooth_kernel(),
+        smooth_kernel(opts, recipe),
         opts.euclidean,
         opts.perceptual_weight,
     )
@@ -174,13 +184,15 @@ def train_alignment(ctx: StageContext, method: DiseaseMask, anchor: np.ndarray) 
     return strategy.unwrap().eval(), history, strategy.batchnorm_record(recipe.global_batch)
 
 
-def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
-    """The ``align`` stage: anchor, alignment net, per-split affine sidecars, PNGs."""
-    recipe = method.recipe("align")
-    anchor, num_anchor = compute_anchor(ctx, method)
+def run_align(
+    ctx: StageContext, options: Any, recipe: Any, *, model_cfg: Any, perceptual: Callable[[], torch.nn.Module]
+) -> dict[str, Any]:
+    """The ``align`` stage: anchor, alignment net, per-split affine sidecars, PNGs (``recipe``: the align stage's;
+    ``model_cfg``: the method's model config, for the alignment net; ``perceptual`` builds the perceptual net)."""
+    anchor, num_anchor = compute_anchor(ctx, options, recipe)
     if ctx.env.is_main:
         np.save(ctx.stage_dir / "anchor.npy", anchor)
-    net, history, batchnorm = train_alignment(ctx, method, anchor)
+    net, history, batchnorm = train_alignment(ctx, options, recipe, anchor, model_cfg=model_cfg, perceptual=perceptual)
     if ctx.env.is_main:
         torch.save({"model": net.state_dict(), "meta": {"history": history}}, ctx.stage_dir / "alignment.pt")
 
@@ -189,23 +201,10 @@ def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
             return affine_rows(net, batch["image"]).cpu().numpy()
 
     notes = {"params": "(s_x, s_y, t_x, t_y, theta) of kim2021 Eq. 6; see cxrdist/models/alignment.py"}
-    out = {}
-    for split in sidecar_splits(ctx):
-        spec = ctx.loader_spec(
-            split=split, train=False, transforms=recipe.transforms, batch=ctx.cfg.loader.eval_batch_per_rank
-        )
-        out[split] = fill_sidecar(
-            ctx,
-            ctx.stage_dir / split / "affine",
-            ctx.make_loader(spec),
-            compute,
-            shape=(5,),
-            dtype="float32",
-            kind="vector",
-            notes=notes,
-        )
+    out = fill_split_sidecars(ctx, "affine", recipe.transforms, compute, shape=(5,), dtype="float32", kind="vector",
+                              notes=notes)  # fmt: skip
     if ctx.env.is_main:
-        _align_examples(ctx, method, net, anchor)
+        _align_examples(ctx, options, recipe, net, anchor)
     dist.barrier()
     return {
         "anchor": "anchor.npy",
@@ -218,11 +217,8 @@ def run_align(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
     }
 
 
-def _align_examples(ctx: StageContext, method: DiseaseMask, net, anchor: np.ndarray) -> None:
+def _align_examples(ctx: StageContext, opts: Any, recipe: Any, net, anchor: np.ndarray) -> None:
     """anchor.png and alignment.png (val images: before, aligned, B∘G(aligned)); logged to the tracker (rank 0)."""
-    from cxrdist.eval.figures import plot_image_grid  # matplotlib: only when drawing
-
-    recipe, opts = method.recipe("align"), method.options
     loader = ctx.make_loader(
         ctx.loader_spec(split="val", train=False, transforms=recipe.transforms, batch=opts.examples)
     )
@@ -230,7 +226,7 @@ def _align_examples(ctx: StageContext, method: DiseaseMask, net, anchor: np.ndar
     with torch.no_grad():
         params = net(batch["image"]).float()
     aligned = align_images(batch["image"], params, black(recipe.transforms))
-    smoothed = smooth(aligned, method.smooth_kernel())
+    smoothed = smooth(aligned, smooth_kernel(opts, recipe))
     rows = []
     for i, p in enumerate(params.cpu().tolist()):
         key = loader.reader.keys[int(batch["index"][i])]
@@ -249,15 +245,16 @@ def _align_examples(ctx: StageContext, method: DiseaseMask, net, anchor: np.ndar
     ctx.tracker.log_images(images, step=0, prefix="align")
 
 
-def build_masks(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
-    """The ``masks`` stage: ψ (8, h, w) from CAMs of aligned training images (kim2021 Eq. 3) → masks.npy + PNGs."""
-    opts, recipe, k = method.options, method.recipe("classify"), len(BOX_CLASSES)
-    model = method.build_model("classify")
-    load_model_weights(ctx.stage_path("classify", "best.pt"), model)
-    model.eval().to(ctx.env.device)
+def build_masks(
+    ctx: StageContext, opts: Any, recipe: Any, *, classifier: Callable[[], torch.nn.Module]
+) -> dict[str, Any]:
+    """The ``masks`` stage: ψ (8, h, w) from CAMs of aligned training images (kim2021 Eq. 3) → masks.npy + PNGs
+    (``recipe``: the classify stage's; ``classifier`` builds its network, loaded with classify's best weights)."""
+    k = len(BOX_CLASSES)
+    model = load_trained(classifier(), ctx.stage_path("classify", "best.pt"), ctx.env.device)
     batch_size = ctx.cfg.loader.eval_batch_per_rank
     spec = ctx.loader_spec(
-        split="train", train=False, transforms=recipe.transforms, batch=batch_size, **method.affine_extras(ctx)
+        split="train", train=False, transforms=recipe.transforms, batch=batch_size, **affine_extras(ctx)
     )
     sums = torch.zeros(k, *model.psi.shape[-2:], dtype=torch.float64, device=ctx.env.device)
     counts = torch.zeros(k, dtype=torch.float64, device=ctx.env.device)
@@ -291,8 +288,6 @@ def build_masks(ctx: StageContext, method: DiseaseMask) -> dict[str, Any]:
 
 def _mask_pngs(ctx: StageContext, mean: np.ndarray, psi: np.ndarray, counts: list[int]) -> None:
     """masks/<class>.png: the averaged normalised CAM and ψ drawn on the anchor (as kim2021 Fig. 3); logged."""
-    from cxrdist.eval.figures import plot_image_grid  # matplotlib: only when drawing
-
     anchor = np.load(ctx.stage_path("align", "anchor.npy"))[0]
     images = {}
     for i, name in enumerate(BOX_CLASSES):

@@ -24,6 +24,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from cxrdist.engine.predictor import AuxNet
 from cxrdist.engine.stages import EvalStage, FunctionStage, Stage, StageContext, TrainStage
@@ -125,14 +126,12 @@ class LungHeart(Method):
             return [classify, evaluate]
         self.recipe("seg")  # fail at composition, not after hours, when the U-Net recipe is missing
         return [
-            FunctionStage("seg", lambda ctx: train_unet(ctx, self)),
-            FunctionStage("masks", lambda ctx: write_masks(ctx, self)),
+            FunctionStage("seg", partial(train_unet, opts=self.options, recipe=self.recipe("seg"))),
+            FunctionStage("masks", partial(write_masks, opts=self.options, recipe=self.recipe("seg"))),
             classify,
             evaluate,
         ]
 
     def published(self) -> dict[str, Any]:
         """The paper's numbers for the report."""
-        from omegaconf import OmegaConf
-
         return OmegaConf.to_container(self.cfg.method.published)

@@ -16,26 +16,28 @@ Killed mid-stage it restarts from scratch (a few minutes of work at most).
 from __future__ import annotations
 
 import logging
+from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from cxrdist import dist
 from cxrdist.data.jsrt import STRUCTURES, load_segmentation_set, split_set
+from cxrdist.data.reader import ShardReader
+from cxrdist.data.sidecar import Sidecar
 from cxrdist.data.transforms import apply_geometry_torch, normalize_batch, sample_geometry, sample_rng
-from cxrdist.engine.checkpoint import load_model_weights, save_model_weights
+from cxrdist.engine.checkpoint import load_model_weights, load_trained, save_model_weights
 from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
-from cxrdist.engine.sidecar_writer import fill_sidecar, inference_autocast, sidecar_splits
+from cxrdist.engine.sidecar_writer import fill_split_sidecars, inference_autocast
 from cxrdist.engine.stages import StageContext
 from cxrdist.engine.strategy import build_strategy, log_batchnorm
+from cxrdist.eval.figures import plot_image_grid
 from cxrdist.models import build_model
 from cxrdist.models.unet import soft_dice_loss, union_mask
-
-if TYPE_CHECKING:
-    from cxrdist.methods.lungheart import LungHeart
 
 logger = logging.getLogger(__name__)
 NAMES = tuple(s.replace(" ", "_") for s in STRUCTURES)  # left_lung, right_lung, heart: metric keys
@@ -141,9 +143,10 @@ def _unet_strategy(ctx: StageContext, recipe: Any, width: int):
     return strategy, build_scheduler(optimizer, recipe.schedule)
 
 
-def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
-    """The ``seg`` stage: train the U-Net; write ``best.pt`` and example PNGs; return the val Dice per structure."""
-    cfg, env, opts, recipe = ctx.cfg, ctx.env, method.options, method.recipe("seg")
+def train_unet(ctx: StageContext, opts: Any, recipe: Any) -> dict[str, Any]:
+    """The ``seg`` stage: train the U-Net; write ``best.pt`` and example PNGs; return the val Dice per structure
+    (``opts``: the method's options; ``recipe``: the seg stage's)."""
+    cfg, env = ctx.cfg, ctx.env
     sizes = [o["size"] for o in [*recipe.transforms.train, *recipe.transforms.eval] if o["op"].startswith("resize")]
     sset = load_segmentation_set(seg_root(ctx, opts.seg_root), max(sizes or [256]))
     train, val = split_set(len(sset.names), opts.seg_val_fraction, cfg.seed)
@@ -191,8 +194,6 @@ def train_unet(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
 
 def _seg_examples(ctx: StageContext, sset, indices: np.ndarray, transforms: Any, opts: Any) -> None:
     """PNG: held-out images with the true and predicted union masks (rank 0)."""
-    from cxrdist.eval.figures import plot_image_grid  # matplotlib: only when drawing
-
     model = build_model("unet", base_width=opts.unet_width, in_chans=transforms.channels)
     load_model_weights(ctx.stage_dir / "best.pt", model)
     x, y = seg_batch(sset, indices, transforms, False, 0, 0)
@@ -207,12 +208,12 @@ def _seg_examples(ctx: StageContext, sset, indices: np.ndarray, transforms: Any,
     ctx.tracker.log_images({"examples": str(path)}, step=0, prefix="seg")
 
 
-def write_masks(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
-    """The ``masks`` stage: the union mask of every image of every split as the ``<split>/mask`` sidecar."""
-    opts, recipe, size = method.options, method.recipe("seg"), method.options.mask_size
-    model = build_model("unet", base_width=opts.unet_width, in_chans=recipe.transforms.channels)
-    load_model_weights(ctx.stage_path("seg", "best.pt"), model)
-    model.eval().to(ctx.env.device)
+def write_masks(ctx: StageContext, opts: Any, recipe: Any) -> dict[str, Any]:
+    """The ``masks`` stage: the union mask of every image of every split as the ``<split>/mask`` sidecar
+    (``opts``: the method's options; ``recipe``: the seg stage's, whose eval transforms the U-Net saw)."""
+    size = opts.mask_size
+    unet = build_model("unet", base_width=opts.unet_width, in_chans=recipe.transforms.channels)
+    model = load_trained(unet, ctx.stage_path("seg", "best.pt"), ctx.env.device)
 
     def compute(batch: dict[str, Any]) -> np.ndarray:
         with inference_autocast(ctx):
@@ -222,21 +223,9 @@ def write_masks(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
         "what": "fang2021 M_g: union of U-Net left lung, right lung, heart (threshold "
         f"{opts.seg_threshold}), area fraction over the whole stored frame at {size}x{size}"
     }
-    out = {}
-    for split in sidecar_splits(ctx):
-        spec = ctx.loader_spec(
-            split=split, train=False, transforms=recipe.transforms, batch=ctx.cfg.loader.eval_batch_per_rank
-        )
-        out[split] = fill_sidecar(
-            ctx,
-            ctx.stage_dir / split / "mask",
-            ctx.make_loader(spec),
-            compute,
-            shape=(size, size),
-            dtype="float16",
-            kind="image",
-            notes=notes,
-        )
+    out = fill_split_sidecars(
+        ctx, "mask", recipe.transforms, compute, shape=(size, size), dtype="float16", kind="image", notes=notes
+    )
     if ctx.env.is_main:
         _mask_examples(ctx, opts.examples)
     dist.barrier()
@@ -245,14 +234,6 @@ def write_masks(ctx: StageContext, method: LungHeart) -> dict[str, Any]:
 
 def _mask_examples(ctx: StageContext, count: int) -> None:
     """PNG: training images with their stored union masks, exactly as the sidecar holds them (rank 0)."""
-    from io import BytesIO
-
-    from PIL import Image
-
-    from cxrdist.data.reader import ShardReader
-    from cxrdist.data.sidecar import Sidecar
-    from cxrdist.eval.figures import plot_image_grid  # matplotlib: only when drawing
-
     reader = ShardReader(ctx.cfg.data.root, "train")
     side = Sidecar(ctx.stage_dir / "train" / "mask", reader.keys)
     rows = [

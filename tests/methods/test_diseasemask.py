@@ -4,6 +4,7 @@ whole method through run_local at world sizes 1 and 2 with a restart."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +91,19 @@ def test_retrain_starts_from_classify_with_the_masks(dm_run: Path, shard_root: P
     torch.testing.assert_close(retrained["psi"][:8], masks)  # the evaluated model carries ψ
 
 
+def perceptual_of(method):
+    """The builder of the method's perceptual net (what its stage list passes to the align stage)."""
+    return partial(method.build_model, "perceptual")
+
+
 def test_align_stage_with_untrained_net_writes_identity_rows(shard_root: Path, tmp_path: Path):
     cfg = dm_cfg(shard_root, tmp_path, "method.stages.align.epochs=0", "method.options.anchor_images=100000")
     ctx, method = stage_ctx(cfg, "align")
     perceptual = ctx.stage_dirs["perceptual"]
     save_model_weights(perceptual / "best.pt", method.build_model("perceptual"), {})  # 0 steps: needs no training
-    out = run_align(ctx, method)
+    out = run_align(
+        ctx, method.options, method.recipe("align"), model_cfg=method.model_cfg, perceptual=perceptual_of(method)
+    )
     for split in SPLITS:
         rows = Sidecar(ctx.stage_dir / split / "affine", ShardReader(shard_root, split).keys).array
         assert np.array_equal(rows, np.tile(np.float32(IDENTITY), (len(rows), 1))), split
@@ -116,8 +124,9 @@ def test_alignment_trains_with_the_papers_summed_loss(shard_root: Path, tmp_path
     ctx, method = stage_ctx(cfg, "align")
     assert method.options.euclidean == "sum"
     save_model_weights(ctx.stage_dirs["perceptual"] / "best.pt", method.build_model("perceptual"), {})
-    anchor, _ = compute_anchor(ctx, method)
-    net, history, _ = train_alignment(ctx, method, anchor)
+    anchor, _ = compute_anchor(ctx, method.options, method.recipe("align"))
+    net, history, _ = train_alignment(ctx, method.options, method.recipe("align"), anchor, model_cfg=method.model_cfg,
+                                      perceptual=perceptual_of(method))  # fmt: skip
     recipe = method.recipe("align")
     no_perceptual = lambda x: [x.mean((1, 2, 3), keepdim=True)]  # noqa: E731  (only L_e is compared)
     loss_fn = AlignmentLoss(
@@ -197,7 +206,9 @@ def test_two_ranks_end_to_end_and_masks_equal_one_process(shard_root: Path, tmp_
     cfg = dm_cfg(shard_root, run)
     dirs = stage_dirs(run, get_method("diseasemask")(cfg).stages()) | {"masks": tmp_path / "masks1"}
     ctx, method = stage_ctx(cfg, "masks", dirs)
-    single = build_masks(ctx, method)
+    single = build_masks(
+        ctx, method.options, method.recipe("classify"), classifier=partial(method.build_model, "classify")
+    )
     assert single["kept_maps"] == read_done(run / "stages" / "03_masks")["outputs"]["kept_maps"]
     two = run / "stages" / "03_masks"
     assert np.load(two / "mean_maps.npy").max() > 0  # a non-trivial comparison: maps were kept and summed

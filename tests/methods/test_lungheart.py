@@ -86,7 +86,7 @@ def test_masks_stage_resume_recomputes_only_missing_rows(lh_run: Path, shard_roo
     rows[lost] = np.nan
     rows.flush()
     ctx, method = stage_ctx(cfg, "masks", dirs)
-    out = write_masks(ctx, method)
+    out = write_masks(ctx, method.options, method.recipe("seg"))
     assert out["splits"]["train"] == {
         "rows": len(reference),
         "computed": len(lost),
@@ -126,7 +126,7 @@ def test_classifier_batch_carries_the_cropped_mask(lh_run: Path, shard_root, pha
 def test_unet_beats_a_constant_mask(shard_root: Path, phantom_root: Path, tmp_path: Path):
     cfg = lh_cfg(shard_root, phantom_root, tmp_path, "method.stages.seg.epochs=20", "method.options.unet_width=16")
     ctx, method = stage_ctx(cfg, "seg")
-    out = train_unet(ctx, method)
+    out = train_unet(ctx, method.options, method.recipe("seg"))
     from cxrdist.data.jsrt import load_segmentation_set, split_set
 
     sset = load_segmentation_set(phantom_root / "segmentation", 64)

@@ -69,7 +69,7 @@ class DaliLoader(BaseLoader):
         return next_batch
 
     def _build(self, source):
-        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import fn, pipeline_def, types  # optional heavy dependency: DALI only for loader=dali
 
         gpu = self.device_id is not None
 
@@ -141,7 +141,7 @@ def sample_geometry_out(loader: BaseLoader, index: int) -> int:
 def _to_torch(tl, device: torch.device) -> torch.Tensor:
     """A DALI TensorList (uniform shapes) → torch tensor on ``device`` (zero-copy into a CUDA tensor on GPU)."""
     if device.type == "cuda":
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+        from nvidia.dali.plugin.pytorch import feed_ndarray  # optional heavy dependency: DALI (see above)
 
         t = tl.as_tensor()
         out = torch.empty(t.shape(), dtype=torch.float32, device=device)
