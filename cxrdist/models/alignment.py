@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cxrdist.models.backbones import build_backbone
+from cxrdist.models.registry import register_model
 
 NUM_PARAMS = 5
 # kim2021 §3.2: G(·) is "average pooling with a kernel size of 16 and stride of 16".
@@ -46,6 +47,7 @@ class AlignmentNet(nn.Module):
         return torch.cat([raw[:, :2].exp(), raw[:, 2:]], dim=1)
 
 
+@register_model("alignment")
 def build_alignment(pretrained: bool = False, in_chans: int = 3, imagenet_weights: str = "v1") -> AlignmentNet:
     """Build the alignment module (ResNet-18; ImageNet init is a choice).
 

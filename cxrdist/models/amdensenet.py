@@ -10,6 +10,7 @@ from cxrdist.labels import NUM_LABELS
 from cxrdist.models.attention import CBAM
 from cxrdist.models.backbones import build_backbone
 from cxrdist.models.baselines import DenseNetClassifier
+from cxrdist.models.registry import register_model
 
 PLACEMENTS: tuple[str, ...] = ("before_transition", "after_transition")
 
@@ -39,6 +40,7 @@ def insert_cbam(features: nn.Sequential, placement: str = "before_transition", r
     return nn.Sequential(children)
 
 
+@register_model("amdensenet")
 def build_amdensenet(
     pretrained: bool = False,
     in_chans: int = 3,

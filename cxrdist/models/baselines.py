@@ -10,6 +10,7 @@ from cxrdist.models.backbones import build_backbone
 from cxrdist.models.base import Classifier
 from cxrdist.models.cam import class_activation_maps
 from cxrdist.models.heads import POOLS, global_pool
+from cxrdist.models.registry import register_model
 
 
 class DCNN(Classifier):
@@ -72,6 +73,7 @@ class DenseNetClassifier(Classifier):
         return logits, class_activation_maps(f, self.classifier.weight)
 
 
+@register_model("dcnn")
 def build_dcnn(
     pretrained: bool = False,
     in_chans: int = 3,
@@ -99,6 +101,7 @@ def build_dcnn(
     )  # fmt: skip
 
 
+@register_model("chexnet")
 def build_chexnet(
     pretrained: bool = False, in_chans: int = 3, num_classes: int = NUM_LABELS, imagenet_weights: str = "v1"
 ) -> DenseNetClassifier:

@@ -10,6 +10,7 @@ from cxrdist.models.attention import Att1, HourglassAttention, PreActBottleneck
 from cxrdist.models.backbones import build_backbone
 from cxrdist.models.base import Classifier
 from cxrdist.models.heads import ClassWiseLinear
+from cxrdist.models.registry import register_model
 
 ATTENTIONS: tuple[str, ...] = ("att1", "att2")
 
@@ -76,6 +77,7 @@ class CRAL(Classifier):
         return self.head.forward_gated(F.relu(trunk), gate)
 
 
+@register_model("cral")
 def build_cral(
     pretrained: bool = False,
     in_chans: int = 3,

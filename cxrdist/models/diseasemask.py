@@ -11,6 +11,7 @@ from cxrdist.labels import BOX_CLASSES, NUM_LABELS
 from cxrdist.models.backbones import build_backbone, stage_outputs
 from cxrdist.models.base import Classifier
 from cxrdist.models.heads import ClassWiseLinear
+from cxrdist.models.registry import register_model
 
 # kim2021 §3.1: flip-sum for "the seven symmetrical diseases", L̄ = L for Cardiomegaly (the asymmetric one).
 SYMMETRIC_BOX_CLASSES: tuple[bool, ...] = tuple(name != "Cardiomegaly" for name in BOX_CLASSES)
@@ -64,6 +65,7 @@ class DiseaseMaskNet(Classifier):
         return stage_outputs(self.features, x, ("layer1", "layer2", "layer3", "layer4"))
 
 
+@register_model("diseasemask")
 def build_diseasemask(
     pretrained: bool = False,
     in_chans: int = 3,

@@ -10,6 +10,7 @@ from cxrdist.models.attention import MultiScaleInputAttention
 from cxrdist.models.backbones import build_backbone
 from cxrdist.models.base import Classifier
 from cxrdist.models.cam import class_activation_maps
+from cxrdist.models.registry import register_model
 
 
 class LungHeartNet(Classifier):
@@ -67,6 +68,7 @@ class LungHeartNet(Classifier):
         return self.forward_with_maps(x, mask)[1]
 
 
+@register_model("lungheart")
 def build_lungheart(
     pretrained: bool = False,
     in_chans: int = 3,

@@ -8,6 +8,7 @@ from cxrdist.labels import NUM_LABELS
 from cxrdist.models.attention import SpaceAttention
 from cxrdist.models.backbones import build_backbone
 from cxrdist.models.base import Classifier
+from cxrdist.models.registry import register_model
 
 
 class MultiAttentionNet(Classifier):
@@ -32,6 +33,7 @@ class MultiAttentionNet(Classifier):
         return scores.mean(dim=(2, 3)), scores
 
 
+@register_model("ma")
 def build_ma(
     pretrained: bool = False, in_chans: int = 3, num_classes: int = NUM_LABELS, imagenet_weights: str = "v1"
 ) -> MultiAttentionNet:

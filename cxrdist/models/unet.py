@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from cxrdist.models.registry import register_model
+
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
@@ -47,6 +49,7 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+@register_model("unet")
 def build_unet(in_chans: int = 3, out_chans: int = 3, base_width: int = 32, depth: int = 4) -> UNet:
     """Build the segmentation U-Net (no pretrained weights exist for it).
 
