@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from cxrdist.config import compose
+from cxrdist.eval.localization import ACC_AT_IOU, BEST_BOX_IOU
+from cxrdist.eval.schema import check_metrics_schema
 from cxrdist.methods import list_methods
 from cxrdist.run.evaluate import evaluate_run
 from cxrdist.run.local import run_local
@@ -196,17 +198,17 @@ def evaluate_stage(name: str, method: str, stage: str, out: Path, args: argparse
 def _loc(bbox: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """Fixed-threshold localization figures: {column: {threshold: value}} (never the oracle variant)."""
     loc, out = bbox["localization"], {}
-    fixed = [t for t in loc["kim"] if t != ORACLE]
+    fixed = [t for t in loc[ACC_AT_IOU] if t != ORACLE]
     for t_iou in KIM_T:
-        out[f"kim_acc_iou{t_iou}"] = {t: loc["kim"][t][t_iou]["mean_over_classes"] for t in fixed}
-    out["fang_iou_boxes"] = {t: loc["fang"][t]["mean_over_boxes"] for t in fixed}
+        out[f"acc_at_iou{t_iou}"] = {t: loc[ACC_AT_IOU][t][t_iou]["mean_over_classes"] for t in fixed}
+    out["best_box_iou_boxes"] = {t: loc[BEST_BOX_IOU][t]["mean_over_boxes"] for t in fixed}
     return out
 
 
 def table_row(name: str, ev: Path, wall: float) -> dict[str, Any]:
     """Test mean AUROC and fixed-threshold localization from an evaluation dir with test/ and bbox/."""
-    test = json.loads((ev / "test" / "metrics.json").read_text())
-    bbox = json.loads((ev / "bbox" / "metrics.json").read_text())
+    test = check_metrics_schema(json.loads((ev / "test" / "metrics.json").read_text()), ev / "test" / "metrics.json")
+    bbox = check_metrics_schema(json.loads((ev / "bbox" / "metrics.json").read_text()), ev / "bbox" / "metrics.json")
     row = {"method": name, "test_auroc_mean": test["auroc"]["mean"], **_loc(bbox), "wall_s": wall}
     print(f"  → test mean AUROC {row['test_auroc_mean']}, {_loc_cells(row)}, {wall:.0f} s", flush=True)
     return row
@@ -217,7 +219,7 @@ def _fmt(v: float | None) -> str:
 
 
 def _loc_cells(row: dict[str, Any]) -> str:
-    cols = [f"kim_acc_iou{t}" for t in KIM_T] + ["fang_iou_boxes"]
+    cols = [f"acc_at_iou{t}" for t in KIM_T] + ["best_box_iou_boxes"]
     return " | ".join(" / ".join(_fmt(v) for v in row[c].values()) for c in cols)
 
 

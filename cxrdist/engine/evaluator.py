@@ -35,7 +35,8 @@ from cxrdist.eval.classification import auroc_per_class
 from cxrdist.eval.compare import auroc_intervals, intervals_table_md, localization_intervals, patients_of
 from cxrdist.eval.external import masked_auroc, masked_bootstrap_mean
 from cxrdist.eval.figures import plot_heatmap_overlay, plot_roc
-from cxrdist.eval.localization import ORACLE, evaluate_localization
+from cxrdist.eval.localization import ACC_AT_IOU, BEST_BOX_IOU, ORACLE, evaluate_localization
+from cxrdist.eval.schema import METRICS_SCHEMA
 from cxrdist.eval.tables import auroc_table_md, localization_table_md
 from cxrdist.eval.tracker_tables import BBOX_COLUMNS, ROC_COLUMNS, bbox_image_rows, roc_points
 from cxrdist.labels import BOX_CLASSES, LABELS
@@ -168,7 +169,12 @@ def evaluate_split(
     auroc = auroc_per_class(labels, logits) if mask is None else masked_auroc(labels, logits, mask)
     if known is not None:  # external sets are small: the mean gets a patient-clustered interval
         auroc["bootstrap"] = masked_bootstrap_mean(labels, logits, mask, known[1])
-    metrics: dict[str, Any] = {"split": split, "num_samples": len(labels), "auroc": auroc}
+    metrics: dict[str, Any] = {
+        "schema_version": METRICS_SCHEMA,
+        "split": split,
+        "num_samples": len(labels),
+        "auroc": auroc,
+    }
     # Published numbers are NIH test numbers: never set beside another dataset's.
     published = stage.published.get("auroc") if mask is None else None
     prefix = "eval"
@@ -244,9 +250,9 @@ def fixed_threshold_summary(loc: dict[str, Any]) -> dict[str, float | None]:
     fang's 0.3014). The oracle variant (threshold chosen per box with the ground truth) is never a headline.
     """
     out: dict[str, float | None] = {}
-    for thr in (t for t in loc["kim"] if t != ORACLE):
-        out[f"kim_iou0.3_mean_T{thr}"] = loc["kim"][thr]["0.3"]["mean_over_classes"]
-        out[f"fang_iou_boxes_T{thr}"] = loc["fang"][thr]["mean_over_boxes"]
+    for thr in (t for t in loc[ACC_AT_IOU] if t != ORACLE):
+        out[f"acc_at_iou0.3_mean_over_classes_T{thr}"] = loc[ACC_AT_IOU][thr]["0.3"]["mean_over_classes"]
+        out[f"best_box_iou_mean_over_boxes_T{thr}"] = loc[BEST_BOX_IOU][thr]["mean_over_boxes"]
     return out
 
 

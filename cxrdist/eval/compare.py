@@ -117,8 +117,8 @@ def localization_intervals(
 ) -> dict[str, Any]:
     """Clustered bootstrap CIs of the fixed-threshold localization figures: ``{variant: {figure: {value, ci}}}``.
 
-    Figures: ``kim_acc_iou>T`` (hit = best IoU > T, mean over classes: kim2021's Mean) for each kim threshold,
-    ``fang_iou`` (best-box IoU, mean over boxes: fang2021's 0.3014). Patients come from ``patient_of_key``.
+    Figures: ``acc_at_iou>T`` (hit = best IoU > T, mean over classes: kim2021's Mean) for each kim2021 threshold,
+    ``best_box_iou`` (best-box IoU, mean over boxes: fang2021's 0.3014). Patients come from ``patient_of_key``.
     """
     pids, cls, num_classes = _box_arrays(loc, patient_of_key)
     out: dict[str, Any] = {}
@@ -127,9 +127,9 @@ def localization_intervals(
         if variant == ORACLE or not cls.size:
             continue
         best = np.asarray(best, dtype=np.float64)
-        figs = {f"kim_acc_iou>{t:g}": bootstrap_class_means(best > t, pids, cls, average="classes", **kw)
+        figs = {f"acc_at_iou>{t:g}": bootstrap_class_means(best > t, pids, cls, average="classes", **kw)
                 for t in KIM_IOU_T}  # fmt: skip
-        figs["fang_iou"] = bootstrap_class_means(best, pids, cls, average="items", **kw)
+        figs["best_box_iou"] = bootstrap_class_means(best, pids, cls, average="items", **kw)
         out[variant] = {k: {"value": _num(r.estimate), "ci": _ci(r.ci_low, r.ci_high)} for k, r in figs.items()}
     return out
 
@@ -152,9 +152,9 @@ def paired_localization(
     out: dict[str, Any] = {}
     for variant in [v for v in pa["best_iou"] if v != ORACLE and v in pb["best_iou"]]:
         a, b = (np.asarray(p["best_iou"][variant], dtype=np.float64) for p in (pa, pb))
-        figs = {f"kim_acc_iou>{t:g}": paired_bootstrap_class_means(a > t, b > t, pids, cls, average="classes", **kw)
+        figs = {f"acc_at_iou>{t:g}": paired_bootstrap_class_means(a > t, b > t, pids, cls, average="classes", **kw)
                 for t in KIM_IOU_T}  # fmt: skip
-        figs["fang_iou"] = paired_bootstrap_class_means(a, b, pids, cls, average="items", **kw)
+        figs["best_box_iou"] = paired_bootstrap_class_means(a, b, pids, cls, average="items", **kw)
         out[variant] = {
             k: {"a": _num(r.a.estimate), "b": _num(r.b.estimate), "delta": _num(r.delta.estimate),
                 "ci": _ci(r.delta.ci_low, r.delta.ci_high), "p": _num(r.p)}

@@ -57,6 +57,14 @@ KIM_IOU_T: tuple[float, ...] = (0.3, 0.5, 0.7)
 # row; published numbers are compared with the fixed-threshold variants, never with it.
 ORACLE = "oracle"
 
+# Result keys, named by what they measure; COMPARED_WITH says which paper's numbers each is set beside.
+ACC_AFP, ACC_AT_IOU, BEST_BOX_IOU = "acc_afp_at_overlap", "acc_at_iou", "best_box_iou"
+COMPARED_WITH: dict[str, str] = {
+    ACC_AFP: "Wang et al. 2017 (ChestX-ray8) Table 3: accuracy and average false positives at T(IoU) and T(IoBB)",
+    ACC_AT_IOU: "kim2021 Table 1: localization accuracy at T(IoU) 0.3 / 0.5 / 0.7",
+    BEST_BOX_IOU: "fang2021 §4.3 / Table 3: IoU of the best predicted box per GT box (CAM IoU, mean over boxes)",
+}
+
 PROTOCOL_TEXT: dict[str, str] = {
     "upsampling": UPSAMPLING,
     "normalisation": "min-max to [0, 255] after upsampling, kept as float (no rounding); a constant heatmap "
@@ -73,12 +81,12 @@ PROTOCOL_TEXT: dict[str, str] = {
     "at T when it localizes no GT box of class c on image i (IoU > T, or IoBB > T on the IoBB grid); average FP of "
     "class c = number of such boxes / number of images with at least one GT box of class c (heatmaps of images "
     "without a GT box of c are not evaluated)",
-    "kim_threshold_combination": "not stated by kim2021 ('the predefined threshold presented in [18, 37]', no "
+    "acc_at_iou_threshold": "not stated by kim2021 ('the predefined threshold presented in [18, 37]', no "
     "value, singular); reported per Wang threshold (the literal reading: one threshold per table; the published "
     "numbers are set beside these) and as 'oracle' (per GT box, best box over both thresholds: an upper bound no "
     "paper could have, never compared with a published number). None is known to match kim's numbers",
-    "fang_rule": "per GT box, IoU of the best predicted box (max IoU over all boxes of the class's heatmap at the "
-    "threshold), 0 when there is none; fang2021 states no box rule, threshold or normalisation (a choice)",
+    "best_box_iou_rule": "per GT box, IoU of the best predicted box (max IoU over all boxes of the class's heatmap "
+    "at the threshold), 0 when there is none; fang2021 states no box rule, threshold or normalisation (a choice)",
     "oracle_variant": "'oracle' = per GT box, the best overlap over the boxes of all thresholds together (it "
     "chooses the threshold with the ground truth: an upper bound, not a measurement a paper could make)",
     "means": "mean_over_classes = unweighted over classes with >= 1 GT box (kim2021's Mean); mean_over_boxes = "
@@ -214,11 +222,11 @@ def _wang(m: dict, box_cls: np.ndarray, pairs_per_class: np.ndarray, classes: Se
     return result
 
 
-def _kim_and_fang(best_iou: dict[str, np.ndarray], box_cls: np.ndarray, classes: Sequence[int], kim_t) -> tuple:
-    """kim2021 accuracy at T(IoU) and fang2021 best-box IoU, per threshold variant (and the ``oracle``)."""
-    kim = {v: {_tkey(t): _summarise(b > t, box_cls, classes) for t in kim_t} for v, b in best_iou.items()}
-    fang = {v: _summarise(b, box_cls, classes) for v, b in best_iou.items()}
-    return kim, fang
+def _acc_and_best_iou(best_iou: dict[str, np.ndarray], box_cls: np.ndarray, classes: Sequence[int], iou_t) -> tuple:
+    """Accuracy at T(IoU) (kim2021) and best-box IoU (fang2021), per threshold variant (and the ``oracle``)."""
+    acc = {v: {_tkey(t): _summarise(b > t, box_cls, classes) for t in iou_t} for v, b in best_iou.items()}
+    best = {v: _summarise(b, box_cls, classes) for v, b in best_iou.items()}
+    return acc, best
 
 
 def _group_pairs(keys: list, box_cls: np.ndarray, heatmaps: Mapping) -> dict[tuple[Any, int], np.ndarray]:
@@ -237,9 +245,9 @@ def _protocol(compare_wh: tuple[int, int], thresholds: Sequence[float], connecti
         "compare_size": compare_wh,
         "thresholds": [float(t) for t in thresholds],
         "connectivity": connectivity,
-        "wang_iou_T": list(WANG_IOU_T),
-        "wang_iobb_T": list(WANG_IOBB_T),
-        "kim_iou_T": list(KIM_IOU_T),
+        "acc_afp_iou_T": list(WANG_IOU_T),
+        "acc_afp_iobb_T": list(WANG_IOBB_T),
+        "acc_at_iou_T": list(KIM_IOU_T),
         **PROTOCOL_TEXT,
     }
 
@@ -264,9 +272,10 @@ def evaluate_localization(
         connectivity: 8 or 4 for the connected components.
 
     Returns:
-        ``protocol`` (every choice), counts, ``wang[thr][iou|iobb][T]`` (accuracy and average FP per class, both
-        means), ``kim[thr|oracle][T]`` and ``fang[thr|oracle]`` (``per_class``, ``mean_over_classes``,
-        ``mean_over_boxes``), ``per_box`` best IoUs, and ``warnings``.
+        ``protocol`` (every choice), counts, ``acc_afp_at_overlap[thr][iou|iobb][T]`` (accuracy and average FP
+        per class, both means; Wang et al. 2017), ``acc_at_iou[thr|oracle][T]`` (kim2021) and
+        ``best_box_iou[thr|oracle]`` (fang2021) (``per_class``, ``mean_over_classes``, ``mean_over_boxes``),
+        ``compared_with`` (the paper table each is set beside), ``per_box`` best IoUs, and ``warnings``.
     """
     compare_wh = as_wh(compare_size)
     if len(thresholds) == 0:
@@ -290,7 +299,7 @@ def evaluate_localization(
     wang = {tk: _wang(m, box_cls, pairs_per_class, classes, grids) for tk, m in matches.items()}
     best_iou = {tk: m["box_iou"] for tk, m in matches.items()}
     best_iou[ORACLE] = np.max(np.stack(list(best_iou.values())), axis=0)
-    kim, fang = _kim_and_fang(best_iou, box_cls, classes, KIM_IOU_T)
+    acc_at_iou, best_box_iou = _acc_and_best_iou(best_iou, box_cls, classes, KIM_IOU_T)
     return {
         "protocol": _protocol(compare_wh, thresholds, connectivity),
         "classes": [LABELS[c] for c in classes],
@@ -299,9 +308,10 @@ def evaluate_localization(
         "num_pairs": len(groups),
         "boxes_per_class": {LABELS[c]: int(box_counts[c]) for c in classes},
         "images_per_class": {LABELS[c]: int(pairs_per_class[c]) for c in classes},
-        "wang": wang,
-        "kim": kim,
-        "fang": fang,
+        ACC_AFP: wang,
+        ACC_AT_IOU: acc_at_iou,
+        BEST_BOX_IOU: best_box_iou,
+        "compared_with": dict(COMPARED_WITH),
         "per_box": {
             "key": keys,
             "class_idx": box_cls.tolist(),

@@ -24,8 +24,9 @@ from cxrdist.eval.compare import NUM_RESAMPLES, SEED, _fci, inside, intervals_ta
 from cxrdist.eval.external import external_section_md
 from cxrdist.eval.figures import plot_published_vs_ours
 from cxrdist.eval.leaderboard import attach_intervals, find_runs, group_runs, run_labels
-from cxrdist.eval.localization import ORACLE
+from cxrdist.eval.localization import ACC_AT_IOU, BEST_BOX_IOU, ORACLE
 from cxrdist.eval.report_multi import multi_run_lines, roc_band_lines
+from cxrdist.eval.schema import check_metrics_schema
 from cxrdist.eval.tables import auroc_table_md
 from cxrdist.labels import LABELS
 
@@ -61,9 +62,10 @@ def load_run(run_dir: Path) -> dict[str, Any]:
     for split in ("test", "bbox"):
         path = find_metrics(run_dir, split)
         if path is not None:
-            run["metrics"][split] = json.loads(path.read_text()) | {"path": str(path)}
+            metrics = check_metrics_schema(json.loads(path.read_text()), path)
+            run["metrics"][split] = metrics | {"path": str(path)}
     run["external"] = {
-        p.parent.parent.name: json.loads(p.read_text())
+        p.parent.parent.name: check_metrics_schema(json.loads(p.read_text()), p)
         for p in sorted((run_dir / "eval" / "external").glob("*/test/metrics.json"))
     }
     if "test" not in run["metrics"]:
@@ -90,23 +92,26 @@ def applies(published_loc: dict[str, Any], method_cfg: dict[str, Any]) -> list[s
 
 
 def _loc_rows(bbox: dict[str, Any], pub: dict[str, Any] | None, cis: dict[str, Any] | None = None) -> list[str]:
-    """kim2021 and fang2021 rows: fixed thresholds with the published number (if any) beside them, then the oracle;
+    """Accuracy at T(IoU) and best-box IoU rows: fixed thresholds with the published number (if any) beside them,
+    then the oracle. ``pub``: the method's ``published.localization`` (kim2021's ``kim``, fang2021's ``fang_iou``);
     ``cis`` (:func:`~cxrdist.eval.compare.localization_intervals`) adds the headline figure's patient-bootstrap CI."""
     pub, cis = pub or {}, cis or {}
     rows = []
-    for name, res, published in (("kim", bbox["kim"], pub.get("kim", {})), ("fang", bbox["fang"], None)):
+    for key in (ACC_AT_IOU, BEST_BOX_IOU):
+        res, paper = bbox[key], bbox["compared_with"][key].split(" ")[0]
         for variant in sorted(res, key=lambda v: (v == ORACLE, 0.0 if v == ORACLE else float(v))):  # oracle last
             oracle = variant == ORACLE
             label = "ORACLE: best threshold per GT box (upper bound)" if oracle else f"heatmap > {variant}"
-            by_t = res[variant].items() if name == "kim" else [(None, res[variant])]
+            by_t = res[variant].items() if key == ACC_AT_IOU else [(None, res[variant])]
             for t, s in by_t:
-                p = None if oracle else (published.get(t) if name == "kim" else pub.get("fang_iou"))
-                what = f"kim2021 acc@IoU>{t}" if name == "kim" else "fang2021 best-box IoU"
+                p = None if oracle else (pub.get("kim", {}).get(t) if key == ACC_AT_IOU else pub.get("fang_iou"))
+                what = f"accuracy at IoU > {t}" if key == ACC_AT_IOU else "best-box IoU"
                 cells = f"{_f(s['mean_over_classes'])} | {_f(s['mean_over_boxes'])}"
-                ci = cis.get(variant, {}).get(f"kim_acc_iou>{t}" if name == "kim" else "fang_iou")
+                ci = cis.get(variant, {}).get(f"acc_at_iou>{t}" if key == ACC_AT_IOU else "best_box_iou")
                 ci_cell = _fci(ci["ci"]) if ci else "—"
                 hit = inside(p, ci["ci"]) if ci else "—"
-                rows.append(f"| {what} | {label} | {cells} | {ci_cell} | {hit} | {'—' if oracle else _f(p)} |")
+                published = "—" if oracle else _f(p)
+                rows.append(f"| {what} | {label} | {cells} | {ci_cell} | {hit} | {published} | {paper} |")
     return rows
 
 
@@ -117,14 +122,16 @@ def _loc_lines(run: dict[str, Any]) -> list[str]:
     pub = run["cfg"]["method"]["published"].get("localization", {})
     differs = applies(pub, run["cfg"]["method"]) if pub else []
     lines = [
-        "| protocol | binarisation | ours (mean over classes) | ours (mean over boxes) | 95% CI (headline) | "
-        "published inside CI? | published |",
-        "|---|---|---|---|---|---|---|",
+        "| measure | binarisation | ours (mean over classes) | ours (mean over boxes) | 95% CI (headline) | "
+        "published inside CI? | published | paper |",
+        "|---|---|---|---|---|---|---|---|",
         *_loc_rows(bbox, None if differs else pub, run.get("loc_intervals")),
         "",
         f"- {ORACLE_NOTE}",
-        "- 95% CI: patient-clustered bootstrap of the headline figure (kim2021: mean over classes; fang2021: mean "
-        "over boxes); '—' where the run has no saved predictions to find the patients, and for the oracle.",
+        *(f"- {key}: compared with {paper}" for key, paper in bbox["compared_with"].items()),
+        "- 95% CI: patient-clustered bootstrap of the headline figure (accuracy at IoU: mean over classes, as "
+        "kim2021; best-box IoU: mean over boxes, as fang2021); '—' where the run has no saved predictions to find "
+        "the patients, and for the oracle.",
     ]
     if pub.get("note"):
         lines.append(f"- Published: {pub['note']}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from cxrdist.eval.localization import ACC_AFP, ACC_AT_IOU, BEST_BOX_IOU
 from cxrdist.labels import LABELS
 
 logger = logging.getLogger(__name__)
@@ -106,38 +107,38 @@ def _variant(key: str) -> str:
     return _VARIANT_LABEL.get(key, f"> {key}")
 
 
-def _kim_md(loc: Mapping[str, Any], digits: int) -> list[str]:
+def _acc_at_iou_md(loc: Mapping[str, Any], digits: int) -> list[str]:
     classes = loc["classes"]
     header = ["T(IoU)", "binarisation", *classes, "Mean (classes)", "Mean (boxes)"]
     rows = []
-    t_keys = next(iter(loc["kim"].values())).keys()
+    t_keys = next(iter(loc[ACC_AT_IOU].values())).keys()
     for t in t_keys:
-        for variant, by_t in loc["kim"].items():
+        for variant, by_t in loc[ACC_AT_IOU].items():
             s = by_t[t]
             cells = [_fmt(s["per_class"][c], digits) for c in classes]
             rows.append(
                 [t, _variant(variant), *cells, _fmt(s["mean_over_classes"], digits), _fmt(s["mean_over_boxes"], digits)]
             )
-    return ["### kim2021 Table 1 protocol: accuracy at T(IoU)", "", *_table(header, rows)]
+    return ["### Accuracy at T(IoU) (compared with kim2021 Table 1)", "", *_table(header, rows)]
 
 
-def _fang_md(loc: Mapping[str, Any], digits: int) -> list[str]:
+def _best_box_iou_md(loc: Mapping[str, Any], digits: int) -> list[str]:
     classes = loc["classes"]
     header = ["binarisation", *classes, "Mean (classes)", "Mean (boxes)"]
     rows = [
         [_variant(v), *(_fmt(s["per_class"][c], digits) for c in classes), _fmt(s["mean_over_classes"], digits)]
         + [_fmt(s["mean_over_boxes"], digits)]
-        for v, s in loc["fang"].items()
+        for v, s in loc[BEST_BOX_IOU].items()
     ]
-    title = "### fang2021 Table 3 protocol: IoU of the best predicted box (fang's 0.3014 = Mean over boxes)"
+    title = "### IoU of the best predicted box (compared with fang2021 Table 3: its 0.3014 = Mean over boxes)"
     return [title, "", *_table(header, rows)]
 
 
-def _wang_md(loc: Mapping[str, Any], digits: int) -> list[str]:
+def _acc_afp_md(loc: Mapping[str, Any], digits: int) -> list[str]:
     classes = loc["classes"]
     header = ["criterion", "metric", *classes, "Mean (classes)", "Mean (boxes / pooled)"]
     lines: list[str] = []
-    for thr, by_measure in loc["wang"].items():
+    for thr, by_measure in loc[ACC_AFP].items():
         rows = []
         for measure, by_t in by_measure.items():
             for t, s in by_t.items():
@@ -147,7 +148,8 @@ def _wang_md(loc: Mapping[str, Any], digits: int) -> list[str]:
                 means_acc = [_fmt(s["accuracy_mean_over_classes"], digits), _fmt(s["accuracy_mean_over_boxes"], digits)]
                 means_afp = [_fmt(s["afp_mean_over_classes"], digits), _fmt(s["afp_pooled"], digits)]
                 rows += [[crit, "Acc.", *acc, *means_acc], [crit, "AFP", *afp, *means_afp]]
-        lines += [f"### Wang et al. 2017 protocol, heatmap > {thr}", "", *_table(header, rows), ""]
+        lines += [f"### Accuracy and average FP at T(IoU), T(IoBB) (Wang et al. 2017), heatmap > {thr}", ""]
+        lines += [*_table(header, rows), ""]
     return lines
 
 
@@ -169,11 +171,11 @@ def localization_table_md(loc_result: Mapping[str, Any], digits: int = 4) -> str
         "",
         *_table(["", *loc["classes"], "total"], [["GT boxes", *counts, str(loc["num_boxes"])]]),
         "",
-        *_kim_md(loc, digits),
+        *_acc_at_iou_md(loc, digits),
         "",
-        *_fang_md(loc, digits),
+        *_best_box_iou_md(loc, digits),
         "",
-        *_wang_md(loc, digits),
+        *_acc_afp_md(loc, digits),
         "### Protocol",
         "",
         *(f"- **{k}**: {v}" for k, v in loc["protocol"].items()),

@@ -200,7 +200,7 @@ def test_train_then_evaluate_writes_reports(shard_root: Path, tmp_path: Path):
     m = json.loads((out / "test" / "metrics.json").read_text())
     assert m["num_samples"] > 0 and "per_class" in m["auroc"]
     loc = json.loads((out / "bbox" / "metrics.json").read_text())["localization"]
-    assert loc["num_boxes"] > 0 and "kim" in loc and "fang" in loc and "wang" in loc
+    assert loc["num_boxes"] > 0 and "acc_at_iou" in loc and "best_box_iou" in loc and "acc_afp_at_overlap" in loc
     hm = __import__("numpy").load(out / "bbox" / "heatmaps.npz")
     assert len(hm["keys"]) == loc["num_pairs"] and hm["heatmaps"].shape[1:] == (224, 224)
     assert (out / "test" / "roc.png").stat().st_size > 0 and list((out / "bbox" / "heatmaps").glob("*.png"))

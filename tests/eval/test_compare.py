@@ -24,6 +24,7 @@ from cxrdist.eval.compare import (
 from cxrdist.eval.leaderboard import find_runs, group_runs, run_labels
 from cxrdist.eval.localization import evaluate_localization
 from cxrdist.eval.report import load_runs, write_report
+from cxrdist.eval.schema import METRICS_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
 N, PATIENTS = 120, 40
@@ -54,7 +55,8 @@ def _fake_run(
     logits = labels * signal + np.random.default_rng(seed).normal(size=labels.shape)
     extra = {"patient_ids": pids} if patients else {}
     np.savez(run / "eval" / "test" / "predictions.npz", keys=np.array(keys), logits=logits, labels=labels, **extra)
-    test = {"split": "test", "num_samples": N, "auroc": auroc_per_class(labels, logits)}
+    auroc = auroc_per_class(labels, logits)
+    test = {"schema_version": METRICS_SCHEMA, "split": "test", "num_samples": N, "auroc": auroc}
     (run / "eval" / "test" / "metrics.json").write_text(json.dumps(test))
     if bbox:  # localization results of heatmaps off the boxes by up to `bbox` pixels, and the bbox predictions
         loc, patient = _loc(bbox)
@@ -172,8 +174,10 @@ def test_paired_localization_identical_and_worse():
     bad, _ = _loc(20)
     same = paired_localization(good, good, patient, num_resamples=200)
     assert all(r["delta"] == 0 and r["p"] == 1 for figs in same.values() for r in figs.values())
-    diff = paired_localization(good, bad, patient, num_resamples=200)["60"]["fang_iou"]
-    assert diff["delta"] == pytest.approx(good["fang"]["60"]["mean_over_boxes"] - bad["fang"]["60"]["mean_over_boxes"])
+    diff = paired_localization(good, bad, patient, num_resamples=200)["60"]["best_box_iou"]
+    assert diff["delta"] == pytest.approx(
+        good["best_box_iou"]["60"]["mean_over_boxes"] - bad["best_box_iou"]["60"]["mean_over_boxes"]
+    )
     assert diff["delta"] > 0 and diff["ci"][0] > 0
     moved = {**bad, "per_box": {**bad["per_box"], "key": bad["per_box"]["key"][::-1]}}
     with pytest.raises(ValueError, match="other boxes"):
@@ -185,14 +189,14 @@ def test_localization_intervals_match_the_protocol_and_cluster_by_patient():
     iv = localization_intervals(loc, patient, num_resamples=300)
     assert set(iv) == {"60", "180"}  # never the oracle
     for t in ("60", "180"):
-        assert iv[t]["kim_acc_iou>0.3"]["value"] == pytest.approx(loc["kim"][t]["0.3"]["mean_over_classes"])
-        assert iv[t]["fang_iou"]["value"] == pytest.approx(loc["fang"][t]["mean_over_boxes"])
-        lo, hi = iv[t]["fang_iou"]["ci"]
-        assert lo <= iv[t]["fang_iou"]["value"] <= hi
+        assert iv[t]["acc_at_iou>0.3"]["value"] == pytest.approx(loc["acc_at_iou"][t]["0.3"]["mean_over_classes"])
+        assert iv[t]["best_box_iou"]["value"] == pytest.approx(loc["best_box_iou"][t]["mean_over_boxes"])
+        lo, hi = iv[t]["best_box_iou"]["ci"]
+        assert lo <= iv[t]["best_box_iou"]["value"] <= hi
     best = np.asarray(loc["per_box"]["best_iou"]["60"])
     ref = bootstrap_class_means(best, [patient[k] for k in loc["per_box"]["key"]], np.arange(30) % 3,
                                 num_classes=8, average="items", num_resamples=300)  # fmt: skip
-    assert iv["60"]["fang_iou"]["ci"] == [ref.ci_low, ref.ci_high]
+    assert iv["60"]["best_box_iou"]["ci"] == [ref.ci_low, ref.ci_high]
     with pytest.raises(ValueError, match="no patient for 1 image"):
         localization_intervals(loc, {k: v for k, v in patient.items() if k != "k0"})
 
@@ -206,7 +210,7 @@ def test_compare_cli_prints_writes_and_refuses_other_test_sets(tmp_path: Path, s
     assert "| **Mean** |" in out and "p (Holm)" in out
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["mean"]["delta"] > 0 and saved["mean"]["p"] < 0.05 and saved["num_patients"] <= PATIENTS
-    assert saved["localization"]["60"]["fang_iou"]["delta"] > 0 and "Localization (bbox, fixed thresholds" in out
+    assert saved["localization"]["60"]["best_box_iou"]["delta"] > 0 and "Localization (bbox, fixed thresholds" in out
     assert (tmp_path / "cmp" / "compare.md").read_text().startswith("# a vs b (test)")
 
     assert compare.main([str(a), str(a), "--resamples", "50", "--out", str(tmp_path / "same")]) == 0

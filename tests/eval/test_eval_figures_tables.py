@@ -73,8 +73,9 @@ def test_localization_table() -> None:
     hm[10:30, 10:30] = 1.0
     boxes = [{"key": "a", "class_idx": 0, "x": 10, "y": 10, "w": 20, "h": 20}]
     md = localization_table_md(evaluate_localization({("a", 0): hm}, boxes, orig_size=224))
-    assert "### kim2021 Table 1 protocol" in md and "### fang2021 Table 3 protocol" in md
-    assert "### Wang et al. 2017 protocol, heatmap > 60" in md and "heatmap > 180" in md
+    assert "### Accuracy at T(IoU) (compared with kim2021 Table 1)" in md
+    assert "### IoU of the best predicted box (compared with fang2021 Table 3" in md
+    assert "(Wang et al. 2017), heatmap > 60" in md and "heatmap > 180" in md
     assert "| 0.3 | > 60 | 1.0000 | n/a |" in md
     assert "ORACLE: per GT box the best of all thresholds" in md
     assert "Cardiomegaly: no ground-truth boxes" in md

@@ -35,16 +35,16 @@ def test_scaling_from_1024() -> None:
     hm = blocks((126, 56, 168, 84, 1.0))
     res = evaluate({("img", 0): hm}, [rec("img", 0, 512, 256, 256, 128)], orig_size=1024, compare_size=224)
     # IoU = (42 * 28) / (56 * 28) = 0.75; IoBB = 1 (the predicted box lies inside the GT).
-    assert res["fang"]["60"]["per_class"]["Atelectasis"] == pytest.approx(0.75)
+    assert res["best_box_iou"]["60"]["per_class"]["Atelectasis"] == pytest.approx(0.75)
     assert res["per_box"]["best_iou"]["180"] == [pytest.approx(0.75)]
-    assert res["kim"]["60"]["0.7"]["per_class"]["Atelectasis"] == 1.0  # 0.75 > 0.7
-    assert res["wang"]["60"]["iobb"]["0.9"]["accuracy"]["Atelectasis"] == 1.0
-    assert res["wang"]["60"]["iou"]["0.7"]["afp"]["Atelectasis"] == 0.0
+    assert res["acc_at_iou"]["60"]["0.7"]["per_class"]["Atelectasis"] == 1.0  # 0.75 > 0.7
+    assert res["acc_afp_at_overlap"]["60"]["iobb"]["0.9"]["accuracy"]["Atelectasis"] == 1.0
+    assert res["acc_afp_at_overlap"]["60"]["iou"]["0.7"]["afp"]["Atelectasis"] == 0.0
     # The same GT, compared at 1024: the heatmap is upsampled ×4.571, the box stays unscaled.
     hm7 = np.zeros((8, 8))
     hm7[2:3, 4:6] = 1.0  # cells x 4..5, y 2 of an 8×8 map = (512, 256, 768, 384) in 1024 px
     res = evaluate({("img", 0): hm7}, [rec("img", 0, 512, 256, 256, 128)], orig_size=1024, compare_size=1024)
-    assert res["fang"]["180"]["mean_over_boxes"] > 0.3  # bilinear blur of one 128-px cell row at 1024
+    assert res["best_box_iou"]["180"]["mean_over_boxes"] > 0.3  # bilinear blur of one 128-px cell row at 1024
 
 
 def test_tiny_gt_box() -> None:
@@ -52,9 +52,9 @@ def test_tiny_gt_box() -> None:
     hm = blocks((22, 22, 23, 23, 1.0))
     res = evaluate({("a", 5): hm}, [rec("a", 5, 100, 100, 4, 4)], orig_size=1024)
     inter = 0.75 * 0.75
-    assert res["fang"]["60"]["per_class"]["Nodule"] == pytest.approx(inter / (0.765625 + 1 - inter))
-    assert res["wang"]["60"]["iobb"]["0.5"]["accuracy"]["Nodule"] == 1.0  # IoBB = 0.5625
-    assert res["wang"]["60"]["iobb"]["0.75"]["accuracy"]["Nodule"] == 0.0
+    assert res["best_box_iou"]["60"]["per_class"]["Nodule"] == pytest.approx(inter / (0.765625 + 1 - inter))
+    assert res["acc_afp_at_overlap"]["60"]["iobb"]["0.5"]["accuracy"]["Nodule"] == 1.0  # IoBB = 0.5625
+    assert res["acc_afp_at_overlap"]["60"]["iobb"]["0.75"]["accuracy"]["Nodule"] == 0.0
 
 
 def test_false_positives_and_accuracy() -> None:
@@ -63,7 +63,7 @@ def test_false_positives_and_accuracy() -> None:
     hm_b = np.full((7, 7), 3.0)
     boxes = [rec("a", 0, 10, 10, 20, 20), rec("b", 0, 50, 50, 40, 40)]
     res = evaluate({("a", 0): hm_a, ("b", 0): hm_b}, boxes)
-    at = res["wang"]["60"]["iou"]["0.5"]
+    at = res["acc_afp_at_overlap"]["60"]["iou"]["0.5"]
     assert at["accuracy"]["Atelectasis"] == 0.5
     assert at["afp"]["Atelectasis"] == 1.0  # (2 + 0) FP over 2 images with an Atelectasis box
     assert at["afp_pooled"] == 1.0
@@ -74,7 +74,7 @@ def test_false_positives_and_accuracy() -> None:
 def test_fp_switches_at_strict_threshold() -> None:
     # GT (0, 0, 20, 20), prediction (10, 0, 30, 20): IoU = 200 / 600 = 1/3, IoBB = 200 / 400 = 0.5.
     res = evaluate({("a", 1): blocks((10, 0, 30, 20, 1.0))}, [rec("a", 1, 0, 0, 20, 20)])
-    iou_grid, iobb_grid = res["wang"]["60"]["iou"], res["wang"]["60"]["iobb"]
+    iou_grid, iobb_grid = res["acc_afp_at_overlap"]["60"]["iou"], res["acc_afp_at_overlap"]["60"]["iobb"]
     assert iou_grid["0.3"]["accuracy"]["Cardiomegaly"] == 1.0 and iou_grid["0.3"]["afp"]["Cardiomegaly"] == 0.0
     assert iou_grid["0.4"]["accuracy"]["Cardiomegaly"] == 0.0 and iou_grid["0.4"]["afp"]["Cardiomegaly"] == 1.0
     assert iobb_grid["0.25"]["accuracy"]["Cardiomegaly"] == 1.0
@@ -85,7 +85,7 @@ def test_fp_switches_at_strict_threshold() -> None:
 def test_two_gt_boxes_one_prediction() -> None:
     boxes = [rec("a", 2, 0, 0, 20, 20), rec("a", 2, 100, 100, 20, 20)]
     res = evaluate({("a", 2): blocks((0, 0, 20, 20, 1.0))}, boxes)
-    at = res["wang"]["60"]["iou"]["0.5"]
+    at = res["acc_afp_at_overlap"]["60"]["iou"]["0.5"]
     assert at["accuracy"]["Effusion"] == 0.5
     assert at["afp"]["Effusion"] == 0.0  # the only box localizes one GT box: not a false positive
     assert res["images_per_class"]["Effusion"] == 1 and res["boxes_per_class"]["Effusion"] == 2
@@ -96,11 +96,11 @@ def test_thresholds_separately_and_oracle() -> None:
     hm = blocks((10, 10, 30, 30, 100.0), (100, 100, 120, 120, 255.0))
     res = evaluate({("a", 0): hm}, [rec("a", 0, 10, 10, 20, 20)])
     assert res["per_box"]["best_iou"] == {"60": [1.0], "180": [0.0], "oracle": [1.0]}
-    assert res["kim"]["60"]["0.5"]["mean_over_classes"] == 1.0
-    assert res["kim"]["180"]["0.5"]["mean_over_classes"] == 0.0
-    assert res["kim"]["oracle"]["0.5"]["mean_over_classes"] == 1.0
-    assert res["wang"]["180"]["iou"]["0.1"]["afp"]["Atelectasis"] == 1.0
-    assert res["wang"]["60"]["iou"]["0.1"]["afp"]["Atelectasis"] == 1.0
+    assert res["acc_at_iou"]["60"]["0.5"]["mean_over_classes"] == 1.0
+    assert res["acc_at_iou"]["180"]["0.5"]["mean_over_classes"] == 0.0
+    assert res["acc_at_iou"]["oracle"]["0.5"]["mean_over_classes"] == 1.0
+    assert res["acc_afp_at_overlap"]["180"]["iou"]["0.1"]["afp"]["Atelectasis"] == 1.0
+    assert res["acc_afp_at_overlap"]["60"]["iou"]["0.1"]["afp"]["Atelectasis"] == 1.0
 
 
 def test_fang_and_kim_means_over_classes_vs_boxes() -> None:
@@ -118,18 +118,18 @@ def test_fang_and_kim_means_over_classes_vs_boxes() -> None:
         rec("a", 1, 50, 50, 20, 20),
     ]
     res = evaluate(heatmaps, boxes)
-    fang = res["fang"]["60"]
+    fang = res["best_box_iou"]["60"]
     assert fang["per_class"]["Atelectasis"] == pytest.approx(1 / 3)
     assert fang["per_class"]["Cardiomegaly"] == pytest.approx(0.5)
     assert fang["mean_over_boxes"] == pytest.approx(1.5 / 4)
     assert fang["mean_over_classes"] == pytest.approx((1 / 3 + 0.5) / 2)
     assert fang["per_class"]["Effusion"] is None
-    kim = res["kim"]["60"]["0.3"]
+    kim = res["acc_at_iou"]["60"]["0.3"]
     assert kim["mean_over_classes"] == pytest.approx((1 / 3 + 1) / 2)  # kim2021's "Mean": unweighted
     assert kim["mean_over_boxes"] == pytest.approx(2 / 4)
-    assert res["kim"]["60"]["0.5"]["per_class"]["Cardiomegaly"] == 0.0  # 0.5 is not > 0.5
+    assert res["acc_at_iou"]["60"]["0.5"]["per_class"]["Cardiomegaly"] == 0.0  # 0.5 is not > 0.5
     assert len(res["warnings"]) == 6 and all("no ground-truth boxes" in w for w in res["warnings"])
-    assert set(res["kim"]["oracle"]) == {"0.3", "0.5", "0.7"}
+    assert set(res["acc_at_iou"]["oracle"]) == {"0.3", "0.5", "0.7"}
 
 
 def test_per_image_stack_input_and_errors() -> None:
@@ -138,7 +138,8 @@ def test_per_image_stack_input_and_errors() -> None:
     boxes = [rec("a", 3, 60, 60, 70, 70)]
     by_pair = evaluate({("a", 3): stack[3]}, boxes)
     by_image = evaluate({"a": stack}, boxes)
-    assert by_pair["fang"] == by_image["fang"] and by_pair["wang"] == by_image["wang"]
+    assert by_pair["best_box_iou"] == by_image["best_box_iou"]
+    assert by_pair["acc_afp_at_overlap"] == by_image["acc_afp_at_overlap"]
     with pytest.raises(ValueError, match="no heatmap"):
         evaluate({("a", 2): stack[3]}, boxes)
     with pytest.raises(ValueError, match="orig_size"):
@@ -151,9 +152,9 @@ def test_protocol_section_records_choices() -> None:
     res = evaluate({("a", 0): blocks((0, 0, 5, 5, 1.0))}, [rec("a", 0, 0, 0, 5, 5)], connectivity=4)
     proto = res["protocol"]
     assert proto["compare_size"] == (224, 224) and proto["connectivity"] == 4 and proto["thresholds"] == [60, 180]
-    for key in ("upsampling", "normalisation", "box_convention", "false_positive", "kim_threshold_combination"):
+    for key in ("upsampling", "normalisation", "box_convention", "false_positive", "acc_at_iou_threshold"):
         assert proto[key]
-    assert proto["wang_iou_T"] == list(WANG_IOU_T) and proto["wang_iobb_T"] == list(WANG_IOBB_T)
+    assert proto["acc_afp_iou_T"] == list(WANG_IOU_T) and proto["acc_afp_iobb_T"] == list(WANG_IOBB_T)
 
 
 def _scalar_iou(a, b, over_pred: bool = False) -> float:
@@ -189,19 +190,19 @@ def test_matches_brute_force_reference() -> None:
                 hits[c] += sum(any(_scalar_iou(g, p, over_pred) > t for p in preds) for g in gts)
                 fps[c] += sum(not any(_scalar_iou(g, p, over_pred) > t for g in gts) for p in preds)
             counts = np.bincount([b["class_idx"] for b in boxes], minlength=8)
-            got = res["wang"][str(thr)][measure][f"{t:g}"]
+            got = res["acc_afp_at_overlap"][str(thr)][measure][f"{t:g}"]
             for c, name in enumerate(res["classes"]):
                 if counts[c]:
                     assert got["accuracy"][name] == pytest.approx(hits[c] / counts[c])
                     assert got["afp"][name] == pytest.approx(fps[c] / pairs[c])
                     if measure == "iou" and t in KIM_IOU_T:
-                        assert res["kim"][str(thr)][f"{t:g}"]["per_class"][name] == got["accuracy"][name]
+                        assert res["acc_at_iou"][str(thr)][f"{t:g}"]["per_class"][name] == got["accuracy"][name]
 
 
 def test_non_string_keys_and_bad_inputs() -> None:
     hm = blocks((0, 0, 20, 20, 1.0))
     res = evaluate({(7, 0): hm}, [rec(7, 0, 0, 0, 20, 20)], orig_size={7: (224, 224)})
-    assert res["fang"]["60"]["mean_over_boxes"] == 1.0
+    assert res["best_box_iou"]["60"]["mean_over_boxes"] == 1.0
     with pytest.raises(ValueError, match=r"heatmap of image 7, class 0: .*2-D"):
         evaluate({(7, 0): hm[None]}, [rec(7, 0, 0, 0, 20, 20)])
     with pytest.raises(ValueError, match="connectivity"):
