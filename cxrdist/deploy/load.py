@@ -40,7 +40,7 @@ from cxrdist.eval.thresholds import sigmoid, youden_thresholds
 from cxrdist.labels import LABELS
 from cxrdist.log import Tracker
 from cxrdist.methods import Method, get_method
-from cxrdist.run.session import evaluate_run
+from cxrdist.run.evaluate import evaluate_run
 
 logger = logging.getLogger(__name__)
 FORMAT = "cxrdist-model"

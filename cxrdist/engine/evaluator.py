@@ -225,7 +225,9 @@ def _headline(split: str, metrics: dict[str, Any]) -> dict[str, Any]:
     if "localization" in metrics:  # fixed thresholds only: the oracle variant is never a headline
         out |= {f"{split}/{k}": v for k, v in fixed_threshold_summary(metrics["localization"]).items()}
     for thr, figs in metrics.get("localization_intervals", {}).items():  # the same headlines' patient-bootstrap CIs
-        for fig, key in (("kim_acc_iou>0.3", f"kim_iou0.3_mean_T{thr}"), ("fang_iou", f"fang_iou_boxes_T{thr}")):
+        pairs = (("acc_at_iou>0.3", f"acc_at_iou0.3_mean_over_classes_T{thr}"),
+                 ("best_box_iou", f"best_box_iou_mean_over_boxes_T{thr}"))  # fmt: skip
+        for fig, key in pairs:
             lo, hi = figs[fig]["ci"]
             out |= {f"{split}/{key}_ci_low": lo, f"{split}/{key}_ci_high": hi}
     return out

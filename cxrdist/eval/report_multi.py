@@ -50,8 +50,8 @@ def localization_board_md(runs: Sequence[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     names = next(iter(next(r["loc_intervals"] for r in runs if r.get("loc_intervals")).values()))
-    head = "| run | binarisation | " + " | ".join(n.replace("kim_acc_iou>", "kim2021 acc@IoU>").replace(
-        "fang_iou", "fang2021 best-box IoU") for n in names) + " |"  # fmt: skip
+    head = "| run | binarisation | " + " | ".join(n.replace("acc_at_iou>", "kim2021 acc@IoU>").replace(
+        "best_box_iou", "fang2021 best-box IoU") for n in names) + " |"  # fmt: skip
     return ["### Localization (bbox, fixed thresholds, 95% patient-bootstrap CIs)", "", head,
             "|---" * (len(names) + 2) + "|", *rows, ""]  # fmt: skip
 

@@ -6,25 +6,21 @@ import csv
 import json
 import runpy
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
-from dicom_variants import report_dataset, write_dataset, write_dicom  # noqa: E402
-from fake_runs import fake_run  # noqa: E402
-
-import cxrdist  # noqa: E402
-from cxrdist.data.images import read_image  # noqa: E402
-from cxrdist.data.reader import ShardReader  # noqa: E402
-from cxrdist.deploy import load as deploy_load  # noqa: E402
-from cxrdist.deploy.export import export_model  # noqa: E402
-from cxrdist.deploy.files import predict_files  # noqa: E402
-from cxrdist.deploy.load import MODEL_JSON, WEIGHTS, load_model  # noqa: E402
+import cxrdist
+from cxrdist.data.images import read_image
+from cxrdist.data.reader import ShardReader
+from cxrdist.deploy import load as deploy_load
+from cxrdist.deploy.export import export_model
+from cxrdist.deploy.files import predict_files
+from cxrdist.deploy.load import MODEL_JSON, WEIGHTS, load_model
+from testkit.dicom_variants import report_dataset, write_dataset, write_dicom
+from testkit.fake_runs import fake_run
 
 DICOM_VARIANTS = ("mono2", "mono1", "rescale12", "jpeg_lossless")  # the four; tests/data has all eight
 REPO = Path(__file__).resolve().parents[2]

@@ -4,19 +4,16 @@ the stated tolerance without it (what launch/predict.py does)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fake_runs import METHODS, fake_run  # noqa: E402
-
-from cxrdist.data.images import read_image  # noqa: E402
-from cxrdist.data.reader import ShardReader  # noqa: E402
-from cxrdist.deploy.load import load_model  # noqa: E402
-from cxrdist.eval.thresholds import sigmoid  # noqa: E402
+from cxrdist.data.images import read_image
+from cxrdist.data.reader import ShardReader
+from cxrdist.deploy.load import load_model
+from cxrdist.eval.thresholds import sigmoid
+from testkit.fake_runs import METHODS, fake_run
 
 NUM = 12  # test images compared per method
 # Predict skips the shard's JPEG encode (quality 95, ≤ 7 grey levels per pixel at 64 px, see tests/data/test_images.py);

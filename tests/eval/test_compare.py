@@ -61,7 +61,9 @@ def _fake_run(
     if bbox:  # localization results of heatmaps off the boxes by up to `bbox` pixels, and the bbox predictions
         loc, patient = _loc(bbox)
         (run / "eval" / "bbox").mkdir()
-        (run / "eval" / "bbox" / "metrics.json").write_text(json.dumps({"localization": loc}))
+        (run / "eval" / "bbox" / "metrics.json").write_text(
+            json.dumps({"schema_version": METRICS_SCHEMA, "localization": loc})
+        )
         keys = sorted(patient)
         np.savez(run / "eval" / "bbox" / "predictions.npz", keys=np.array(keys), patient_ids=[patient[k] for k in keys],
                  logits=np.zeros((30, 14)), labels=np.zeros((30, 14), np.uint8))  # fmt: skip
@@ -255,5 +257,6 @@ def test_headline_scalars_carry_the_intervals():
     metrics["localization_intervals"] = localization_intervals(loc, patient, num_resamples=100)
     h = _headline("bbox", metrics)
     assert [h["bbox/auroc_mean_ci_low"], h["bbox/auroc_mean_ci_high"]] == metrics["intervals"]["mean"]["bootstrap"]
-    assert h["bbox/fang_iou_boxes_T60_ci_low"] <= h["bbox/fang_iou_boxes_T60"] <= h["bbox/fang_iou_boxes_T60_ci_high"]
-    assert "bbox/kim_iou0.3_mean_T180_ci_high" in h
+    box = "bbox/best_box_iou_mean_over_boxes_T60"
+    assert h[f"{box}_ci_low"] <= h[box] <= h[f"{box}_ci_high"]
+    assert "bbox/acc_at_iou0.3_mean_over_classes_T180_ci_high" in h

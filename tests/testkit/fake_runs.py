@@ -6,21 +6,18 @@ run for real through ``run_local``. The evaluator's test and val predictions are
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "methods"))
-from tiny_methods import method_overrides  # noqa: E402
-
-from cxrdist.config import compose  # noqa: E402
-from cxrdist.data.format import read_json  # noqa: E402
-from cxrdist.engine.checkpoint import save_model_weights  # noqa: E402
-from cxrdist.engine.pipeline import results_hash, stage_dirs  # noqa: E402
-from cxrdist.engine.stages import EvalStage, TrainStage  # noqa: E402
-from cxrdist.methods import get_method  # noqa: E402
-from cxrdist.run.session import run_local  # noqa: E402
+from cxrdist.config import compose
+from cxrdist.data.format import read_json
+from cxrdist.engine.checkpoint import save_model_weights
+from cxrdist.engine.pipeline import results_hash, stage_dirs
+from cxrdist.engine.stages import EvalStage, TrainStage
+from cxrdist.methods import get_method
+from cxrdist.run.local import run_local
+from testkit.tiny_methods import method_overrides
 
 METHODS = ("dcnn", "chexnet", "ma", "cral", "amdensenet", "lungheart", "diseasemask")
 # weight jitter: enough for the images to move the outputs (amdensenet's random net is nearly constant at 0.01)
