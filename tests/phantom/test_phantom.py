@@ -197,7 +197,7 @@ def test_cli(tmp_path: Path):
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     args = ["--out", str(tmp_path / "p"), "--num-images", "12", "--size", "64", "--seg-images", "2"]
-    done = subprocess.run([sys.executable, str(repo / "shards" / "make_phantom.py"), *args],
+    done = subprocess.run([sys.executable, str(repo / "launch" / "make_phantom.py"), *args],
                           capture_output=True, text=True, env=env, cwd=repo, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "phantom: 12 images of 64 px" in done.stdout and "segmentation: 2 images" in done.stdout
