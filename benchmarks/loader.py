@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[dict]] = {k: [] for k in KINDS}
     for rep in range(args.repeat):
         for kind in KINDS:
-            cmd = [sys.executable, __file__, "--child", kind, *common]
+            cmd = [sys.executable, "-m", "benchmarks.loader", "--child", kind, *common]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
                 print(f"  {KINDS[kind]}: failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
