@@ -123,7 +123,9 @@ class Stage:
 
 @dataclass
 class TrainStage(Stage):
-    """Train a classifier with a recipe; writes ``best.pt`` (best by val) and ``last.pt``."""
+    """Train a network with a recipe; writes ``best.pt`` (best by val) and ``last.pt``. ``hooks``
+    (``engine.train_hooks.TrainHooks``; None: a classifier on the shards) say what a batch, the loss and the
+    validation are."""
 
     name: str
     recipe: DictConfig
@@ -133,6 +135,7 @@ class TrainStage(Stage):
     init_from: Callable[[StageContext, torch.nn.Module], None] | None = None
     # (ctx) -> dict of LoaderSpec extras: restrict_keys / oversample_keys / sidecars (paths of earlier stages)
     loader_extras: Callable[[StageContext], dict[str, Any]] = lambda ctx: {}
+    hooks: Any = None
 
 
 @dataclass

@@ -3,8 +3,10 @@
 Exact resume: a checkpoint is taken only after an optimizer step and holds model, optimizer, scheduler, every
 rank's RNG, the loader position and the trainer state; restarting from it replays the same batches with the
 same augmentation, so a run killed mid-epoch ends with the same weights as an uninterrupted one (CPU, fp32).
-Validation runs on ``val`` after each epoch (loss and AUROC); the best model by the recipe's ``select_metric``
-is kept as ``best.pt``. The test split is never seen here.
+What a batch is, the loss, validation and the history row come from the stage's hooks (``train_hooks.py``): by
+default a classifier on the shards, validated on ``val`` after each epoch (loss and AUROC); lungheart's U-Net and
+diseasemask's alignment net run through the same loop with their own hooks. The best model by the recipe's
+``select_metric`` is kept as ``best.pt``. The test split is never seen here.
 """
 
 from __future__ import annotations
@@ -28,12 +30,10 @@ from cxrdist.engine.checkpoint import (
     save_checkpoint,
     save_model_weights,
 )
-from cxrdist.engine.inference import gather_to_main, run_inference
-from cxrdist.engine.losses import build_loss
 from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
 from cxrdist.engine.stages import StageContext, TrainStage
 from cxrdist.engine.strategy import Strategy, build_strategy, log_batchnorm
-from cxrdist.eval.classification import auroc_per_class
+from cxrdist.engine.train_hooks import ClassifierHooks, TrainHooks
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class TrainerState:
     best_epoch: int | None = None
     loss_sum: float = 0.0  # this epoch's micro-batch losses summed over ranks (for an exact epoch mean)
     loss_count: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
+    extra_sums: dict[str, float] = field(default_factory=dict)  # the hooks' extra loss terms, summed like loss_sum
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _better(metric: str, new: float, old: float | None) -> bool:
@@ -66,6 +67,7 @@ class Trainer:
 
     def __init__(self, ctx: StageContext, stage: TrainStage):
         self.ctx, self.stage, self.recipe = ctx, stage, stage.recipe
+        self.hooks: TrainHooks = stage.hooks if stage.hooks is not None else ClassifierHooks()
         cfg, env = ctx.cfg, ctx.env
         self.micro, self.accum = derive_batch(self.recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -74,25 +76,14 @@ class Trainer:
             stage.init_from(ctx, model)
         self.optimizer = build_optimizer(model.parameters(), self.recipe.optim)
         self.scheduler = build_scheduler(self.optimizer, self.recipe.schedule)
-        self.strategy: Strategy = build_strategy(
-            cfg.engine.strategy,
-            env,
-            accum=self.accum,
-            micro_batch=self.micro,
-            precision=cfg.engine.precision,
-            grad_clip=cfg.engine.grad_clip,
-            zero_stage=cfg.engine.zero_stage,
-            sync_bn=cfg.engine.sync_bn,
-            channels_last=cfg.engine.channels_last,
-            compile=cfg.engine.compile,
-        )
+        options = self.hooks.strategy_options(self)
+        name = options.pop("name")
+        self.strategy: Strategy = build_strategy(name, env, accum=self.accum, micro_batch=self.micro, **options)
         self.strategy.wrap(model, self.optimizer)
         self.batchnorm = self.strategy.batchnorm_record(self.recipe.global_batch)
-        self.loss_fn = build_loss(self.recipe.loss, dict(self.recipe.loss_args))
-        self.train_loader = ctx.build_loader(stage, train=True, micro=self.micro, accum=self.accum)
-        self.val_loader = ctx.build_loader(stage, train=False, split="val")
+        self.hooks.setup(self)
+        self.train_loader = self.hooks.train_loader(self)
         self.state = TrainerState()
-        self._warned: set[str] = set()
         self.ckpt_root = ctx.stage_dir / "ckpt"
         if env.is_main:
             logger.info(
@@ -180,8 +171,9 @@ class Trainer:
             "batchnorm": self.batchnorm,
         }
 
-    def _sync(self, loss: torch.Tensor) -> tuple[bool, bool, float]:
-        """One tiny all-reduce per micro-step: (non-finite loss on any rank, checkpoint due, loss summed over ranks).
+    def _sync(self, loss: torch.Tensor, extras: dict[str, torch.Tensor]) -> tuple[bool, bool, float, list[float]]:
+        """One tiny all-reduce per micro-step: (non-finite loss on any rank, checkpoint due, loss summed over ranks,
+        each extra term summed over ranks).
 
         Summing the loss here makes the epoch's mean loss part of rank 0's checkpointed state, exact across
         a restart.
@@ -190,11 +182,12 @@ class Trainer:
         due = env.is_main and (time.monotonic() - self._last_ckpt_time) / 60.0 >= eng.ckpt_every_minutes
         loss = loss.detach().double()
         finite = torch.isfinite(loss)
-        # Built on the device without host syncs; one .tolist() after the all-reduce reads all three.
-        t = torch.stack([(~finite).double(), torch.full_like(loss, float(due)), torch.where(finite, loss, 0.0)])
+        # Built on the device without host syncs; one .tolist() after the all-reduce reads them all.
+        terms = [torch.where(finite, v.detach().double(), 0.0) for v in extras.values()]
+        t = torch.stack([(~finite).double(), torch.full_like(loss, float(due)), torch.where(finite, loss, 0.0), *terms])
         dist.all_reduce_sum(t)
-        bad, due_any, loss_sum = t.tolist()
-        return bad > 0, due_any > 0, loss_sum
+        bad, due_any, loss_sum, *extra_sums = t.tolist()
+        return bad > 0, due_any > 0, loss_sum, extra_sums
 
     def _run_epoch(self) -> float:
         eng, env, model = self.ctx.cfg.engine, self.ctx.env, self.strategy.model
@@ -208,12 +201,12 @@ class Trainer:
         )
         t0, seen = time.perf_counter(), 0
         if self.train_loader.sampler.state.consumed == 0:
-            self.state.loss_sum, self.state.loss_count = 0.0, 0
+            self.state.loss_sum, self.state.loss_count, self.state.extra_sums = 0.0, 0, {}
         for batch in self.train_loader:
             with self.strategy.autocast():
-                logits = self.stage.forward(model, batch)
-            loss = self.loss_fn(logits, batch["labels"], batch["step_label_counts"])  # P, N of the global batch
-            bad, due, loss_sum = self._sync(loss.detach())
+                out = self.hooks.forward(self, model, batch)
+            loss, extras = self.hooks.loss(self, out, batch)
+            bad, due, loss_sum, extra_sums = self._sync(loss.detach(), extras)
             if bad:
                 raise NonFiniteLossError(
                     f"{self.stage.name}: non-finite loss at epoch {self.train_loader.epoch}, step {self.state.step}; "
@@ -222,6 +215,8 @@ class Trainer:
             stepped = self.strategy.backward(loss)
             self.state.loss_sum += loss_sum
             self.state.loss_count += env.world_size
+            for k, v in zip(extras, extra_sums):
+                self.state.extra_sums[k] = self.state.extra_sums.get(k, 0.0) + v
             recent.append(loss_sum / env.world_size)
             seen += len(batch["index"]) * env.world_size
             bar.update(len(batch["index"]) * env.world_size)
@@ -244,33 +239,16 @@ class Trainer:
         bar.close()
         return self.state.loss_sum / max(self.state.loss_count, 1)
 
-    def _validate(self) -> dict[str, float]:
-        model = self.strategy.unwrap()
-        dist.broadcast_buffers(model)  # every rank validates rank 0's model (the one saved), buffers included
-        local = run_inference(model, self.val_loader, forward=self.stage.forward, autocast=self.strategy.autocast)
-        placed = gather_to_main(local, self.val_loader.num_samples)
-        metrics: dict[str, Any] = {}
-        if placed is not None:
-            labels = self.val_loader.reader.labels
-            logits = torch.from_numpy(placed["logits"])
-            metrics["val_loss"] = float(self.loss_fn(logits, torch.from_numpy(labels.astype(np.float32))))
-            res = auroc_per_class(labels, placed["logits"], log=False)
-            for w in res["warnings"]:  # the val labels are the same every epoch: say each warning once
-                if w not in self._warned:
-                    self._warned.add(w)
-                    logger.warning("%s: val %s", self.stage.name, w)
-            metrics["val_auroc"] = float("nan") if res["mean"] is None else float(res["mean"])
-            metrics.update({f"val_auroc/{k}": v for k, v in res["per_class"].items() if v is not None})
-        return dist.broadcast_object(metrics)
-
     def _end_of_epoch(self, train_loss: float, t0: float) -> None:
-        epoch = self.state.epochs_done
-        metrics = {"train_loss": train_loss, **self._validate()}
-        step_scheduler(self.scheduler, metrics)
+        epoch, hooks = self.state.epochs_done, self.hooks
+        count = max(self.state.loss_count, 1)
+        extras = {k: v / count for k, v in self.state.extra_sums.items()}
+        metrics = hooks.validate(self)
+        step_scheduler(self.scheduler, {"train_loss": train_loss, **metrics})
         key = self.recipe.select_metric
-        if key not in metrics:
+        if hooks.select and key not in metrics:
             raise ValueError(f"select_metric {key!r} is not computed (have {sorted(metrics)})")
-        if _better(key, metrics[key], self.state.best):
+        if hooks.select and _better(key, metrics[key], self.state.best):
             self.state.best, self.state.best_epoch = metrics[key], epoch
             if self.ctx.env.is_main:
                 save_model_weights(
@@ -278,28 +256,20 @@ class Trainer:
                     self.strategy.unwrap(),
                     {"epoch": epoch, key: metrics[key], "step": self.state.step},
                 )
-        self.state.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_loss": metrics["val_loss"],
-                "val_auroc": metrics["val_auroc"],
-            }
-        )
+        self.state.history.append(hooks.history_row(epoch, train_loss, extras, metrics))
         self.state.epochs_done += 1
-        self.ctx.tracker.log(
-            {f"val/{k}": v for k, v in metrics.items()} | {"epoch": epoch}, step=self.state.step, prefix=self.stage.name
-        )
+        values = {f"val/{k}": v for k, v in hooks.log_values(metrics).items()}
+        values |= {f"train/epoch_{k}": v for k, v in extras.items()}  # the hooks' extra terms, epoch means
+        self.ctx.tracker.log(values | {"epoch": epoch}, step=self.state.step, prefix=self.stage.name)
         if self.ctx.env.is_main:
             logger.info(
-                "%s epoch %d/%d: train loss %.4f, val loss %.4f, val AUROC %.4f%s, %.1f s",
+                "%s epoch %d/%d: train loss %.4f, %s%s, %.1f s",
                 self.stage.name,
                 epoch + 1,
                 self.recipe.epochs,
                 train_loss,
-                metrics["val_loss"],
-                metrics["val_auroc"],
-                " (best)" if self.state.best_epoch == epoch else "",
+                hooks.describe({**extras, **metrics}),
+                " (best)" if hooks.select and self.state.best_epoch == epoch else "",
                 time.perf_counter() - t0,
             )
         dist.barrier()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,11 +25,11 @@ from torch import Tensor
 
 from cxrdist import dist
 from cxrdist.data.transforms import normalize_batch
-from cxrdist.engine.checkpoint import latest_checkpoint, load_checkpoint, load_trained, save_checkpoint
-from cxrdist.engine.optim import build_optimizer, derive_batch
+from cxrdist.engine.checkpoint import load_trained
 from cxrdist.engine.sidecar_writer import fill_split_sidecars, inference_autocast
-from cxrdist.engine.stages import StageContext
-from cxrdist.engine.strategy import build_strategy, log_batchnorm
+from cxrdist.engine.stages import StageContext, TrainStage
+from cxrdist.engine.train_hooks import TrainHooks
+from cxrdist.engine.trainer import Trainer
 from cxrdist.eval.figures import plot_image_grid
 from cxrdist.labels import BOX_CLASSES
 from cxrdist.models import build_model
@@ -123,65 +122,52 @@ def _perceptual_net(ctx: StageContext, build: Callable[[], torch.nn.Module]) -> 
     return load_trained(build(), ctx.stage_path("perceptual", "best.pt"), ctx.env.device).requires_grad_(False)
 
 
-def _save(ckpt_root: Path, step: int, strategy, loader, history: list, keep: int) -> None:
-    save_checkpoint(ckpt_root, step, strategy, {"loader": loader.state_dict(), "history": history}, keep)
+class AlignHooks(TrainHooks):
+    """The alignment net through the trainer: L_total = L_e + L_p (kim2021 Eq. 9) with its terms in the history;
+    no validation (the last weights are kept: five epochs, as the paper trains)."""
+
+    select = False
+
+    def __init__(self, loss_fn: AlignmentLoss, grad_clip: float | None):
+        self.loss_fn, self.grad_clip = loss_fn, grad_clip
+
+    def strategy_options(self, trainer: Any) -> dict[str, Any]:
+        """DDP with the stage's own clip: SGD at the paper's lr diverges without one."""
+        eng = trainer.ctx.cfg.engine
+        return {"name": "ddp", "precision": eng.precision, "grad_clip": self.grad_clip, "sync_bn": eng.sync_bn}
+
+    def forward(self, trainer: Any, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        return self.loss_fn(batch["image"], model(batch["image"]).float())
+
+    def loss(self, trainer: Any, out: tuple[Tensor, Tensor, Tensor], batch: dict[str, Any]) -> tuple[Tensor, dict]:
+        loss, le, lp = out
+        return loss, {"euclidean": le, "perceptual": lp}
+
+    def history_row(self, epoch: int, train_loss: float, extras: dict[str, float], metrics: dict[str, Any]) -> dict:
+        return {"epoch": epoch, "loss": train_loss, **extras}
 
 
 def train_alignment(
     ctx: StageContext, opts: Any, recipe: Any, anchor: np.ndarray, *, model_cfg: Any, perceptual: Callable
 ) -> tuple[torch.nn.Module, list, dict]:
-    """Train the alignment net (resuming from ``ckpt/``); return it (unwrapped, eval mode), the epoch history and
-    the BatchNorm record. ``perceptual`` builds the perceptual net (its weights: the ``perceptual`` stage's)."""
-    cfg, env, m = ctx.cfg, ctx.env, model_cfg
-    micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
-    torch.manual_seed(cfg.seed)
-    net = build_model(
-        "alignment", pretrained=m.pretrained, in_chans=recipe.transforms.channels, imagenet_weights=m.imagenet_weights
-    )
-    eng, clip = cfg.engine, opts.align_grad_clip  # its own clip: SGD at the paper's lr diverges without one
-    strategy = build_strategy(
-        "ddp", env, accum=accum, micro_batch=micro, precision=eng.precision, grad_clip=clip, sync_bn=eng.sync_bn
-    )
-    strategy.wrap(net, build_optimizer(net.parameters(), recipe.optim))
-    log_batchnorm("align", strategy.batchnorm_record(recipe.global_batch), env.world_size, micro, accum)
-    spec = ctx.loader_spec(
-        split="train",
-        train=True,
-        transforms=recipe.transforms,
-        batch=micro,
-        accum=accum,
-        max_steps=recipe.max_steps_per_epoch,
-    )
-    loader, ckpt_root, step, history = ctx.make_loader(spec), ctx.stage_dir / "ckpt", 0, []
-    if (path := latest_checkpoint(ckpt_root)) is not None:
-        state = load_checkpoint(path, strategy)
-        loader.load_state_dict(state["loader"])
-        step, history = state["step"], state["history"]
+    """Train the alignment net with the trainer (exact mid-epoch resume from ``ckpt/``); return it (unwrapped, eval
+    mode), the epoch history and the BatchNorm record. ``perceptual`` builds the perceptual net (its weights: the
+    ``perceptual`` stage's)."""
+    m = model_cfg
     loss_fn = AlignmentLoss(
-        torch.from_numpy(anchor)[None].to(env.device),
+        torch.from_numpy(anchor)[None].to(ctx.env.device),
         _perceptual_net(ctx, perceptual).stage_features,
         black(recipe.transforms),
         smooth_kernel(opts, recipe),
         opts.euclidean,
         opts.perceptual_weight,
     )
-    while loader.epoch < recipe.epochs and len(loader):
-        sums = torch.zeros(4, dtype=torch.float64, device=env.device)
-        for batch in loader:
-            with strategy.autocast():
-                loss, le, lp = loss_fn(batch["image"], strategy.model(batch["image"]).float())
-            sums += torch.stack([loss.detach(), le.detach(), lp.detach(), torch.ones_like(loss)]).double()
-            if strategy.backward(loss):
-                step += 1
-                if step % eng.ckpt_every_steps == 0:
-                    _save(ckpt_root, step, strategy, loader, history, eng.keep_last)
-        dist.all_reduce_sum(sums)
-        means = (sums[:3] / sums[3].clamp_min(1)).tolist()  # over the micro-batches since this (re)start
-        history.append({"epoch": loader.epoch - 1, "loss": means[0], "euclidean": means[1], "perceptual": means[2]})
-        ctx.tracker.log({k: v for k, v in history[-1].items() if k != "epoch"}, step=step, prefix="align")
-        logger.info("align epoch %d: loss %.5g (L_e %.5g, L_p %.5g)", loader.epoch - 1, *means)
-        _save(ckpt_root, step, strategy, loader, history, eng.keep_last)
-    return strategy.unwrap().eval(), history, strategy.batchnorm_record(recipe.global_batch)
+    build = lambda c: build_model(  # noqa: E731
+        "alignment", pretrained=m.pretrained, in_chans=recipe.transforms.channels, imagenet_weights=m.imagenet_weights
+    )
+    trainer = Trainer(ctx, TrainStage("align", recipe, build, hooks=AlignHooks(loss_fn, opts.align_grad_clip)))
+    out = trainer.fit()
+    return trainer.strategy.unwrap().eval(), out["history"], out["batchnorm"]
 
 
 def run_align(

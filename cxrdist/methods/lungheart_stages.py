@@ -27,14 +27,15 @@ from PIL import Image
 
 from cxrdist import dist
 from cxrdist.data.jsrt import STRUCTURES, load_segmentation_set, split_set
+from cxrdist.data.loaders.memory import MemoryLoader
 from cxrdist.data.reader import ShardReader
 from cxrdist.data.sidecar import Sidecar
 from cxrdist.data.transforms import apply_geometry_torch, normalize_batch, sample_geometry, sample_rng
-from cxrdist.engine.checkpoint import load_model_weights, load_trained, save_model_weights
-from cxrdist.engine.optim import build_optimizer, build_scheduler, derive_batch, step_scheduler
+from cxrdist.engine.checkpoint import load_model_weights, load_trained
 from cxrdist.engine.sidecar_writer import fill_split_sidecars, inference_autocast
-from cxrdist.engine.stages import StageContext
-from cxrdist.engine.strategy import build_strategy, log_batchnorm
+from cxrdist.engine.stages import StageContext, TrainStage
+from cxrdist.engine.train_hooks import TrainHooks
+from cxrdist.engine.trainer import Trainer
 from cxrdist.eval.figures import plot_image_grid
 from cxrdist.models import build_model
 from cxrdist.models.unet import soft_dice_loss, union_mask
@@ -97,98 +98,78 @@ def _mean_shape_dice(sset, train: np.ndarray, val: np.ndarray, transforms: Any) 
     return dict(zip(NAMES, ((2 * inter + 1) / (total + 1)).tolist()))
 
 
-def _train_epoch(strategy, sset, train: np.ndarray, recipe: Any, seed: int, epoch: int, env) -> float:
-    """One epoch: global batches from a (seed, epoch) permutation, each rank taking its micro-batches.
+class UNetHooks(TrainHooks):
+    """The U-Net through the trainer: JSRT/SCR batches from memory, soft Dice (fang2021 Eq. 2), val Dice.
 
-    Returns the mean micro-batch loss over all ranks (the same number on every rank, for the schedule).
+    The batches are those of the U-Net's own loop before (the sampler's (seed, epoch) permutation of the training
+    images, per-sample augmentation seeds by position), now resumable mid-epoch.
     """
-    g, micro, accum = recipe.global_batch, strategy.micro_batch, strategy.accum
-    perm = train[np.random.default_rng([seed, epoch]).permutation(len(train))]
-    steps = len(train) // g if recipe.max_steps_per_epoch is None else min(len(train) // g, recipe.max_steps_per_epoch)
-    strategy.model.train()
-    total = torch.zeros(2, dtype=torch.float64, device=env.device)
-    for k in range(steps):
-        for a in range(accum):
-            lo = k * g + (a * env.world_size + env.rank) * micro
-            positions = np.arange(lo, lo + micro)
-            x, y = seg_batch(sset, perm[lo : lo + micro], recipe.transforms, True, seed, epoch, positions)
-            with strategy.autocast():
-                logits = strategy.model(x.to(env.device))
-            loss = soft_dice_loss(logits.float(), y.to(env.device))
-            strategy.backward(loss)
-            total += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=env.device)])
-    dist.all_reduce_sum(total)
-    return float(total[0] / total[1]) if total[1] else float("nan")
 
+    def __init__(self, sset: Any, train: np.ndarray, val: np.ndarray, opts: Any):
+        self.sset, self.train, self.val, self.opts = sset, train, val, opts
 
-def _unet_strategy(ctx: StageContext, recipe: Any, width: int):
-    """The U-Net and its optimizer under DDP (a DeepSpeed engine buys nothing for a few M parameters)."""
-    cfg, env = ctx.cfg, ctx.env
-    micro, accum = derive_batch(recipe.global_batch, env.world_size, cfg.engine.max_batch_per_rank)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model("unet", base_width=width, in_chans=recipe.transforms.channels)
-    optimizer = build_optimizer(model.parameters(), recipe.optim)
-    eng = cfg.engine
-    strategy = build_strategy(
-        "ddp",
-        env,
-        accum=accum,
-        micro_batch=micro,
-        precision=eng.precision,
-        grad_clip=eng.grad_clip,
-        sync_bn=eng.sync_bn,
-    )
-    strategy.wrap(model, optimizer)
-    log_batchnorm("seg", strategy.batchnorm_record(recipe.global_batch), env.world_size, micro, accum)
-    return strategy, build_scheduler(optimizer, recipe.schedule)
+    def strategy_options(self, trainer: Any) -> dict[str, Any]:
+        """DDP: a DeepSpeed engine buys nothing for a few M parameters."""
+        eng = trainer.ctx.cfg.engine
+        return {"name": "ddp", "precision": eng.precision, "grad_clip": eng.grad_clip, "sync_bn": eng.sync_bn}
+
+    def train_loader(self, trainer: Any) -> MemoryLoader:
+        ctx, recipe = trainer.ctx, trainer.recipe
+        seed, device = ctx.cfg.seed, ctx.env.device
+
+        def make_batch(indices: np.ndarray, positions: np.ndarray, epoch: int) -> dict[str, Any]:
+            x, y = seg_batch(self.sset, indices, recipe.transforms, True, seed, epoch, positions)
+            return {"image": x.to(device), "masks": y.to(device)}
+
+        env = ctx.env
+        return MemoryLoader(self.train, make_batch, batch_per_rank=trainer.micro, accum=trainer.accum, seed=seed,
+                            world_size=env.world_size, rank=env.rank, max_steps=recipe.max_steps_per_epoch)  # fmt: skip
+
+    def forward(self, trainer: Any, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return model(batch["image"])
+
+    def loss(self, trainer: Any, out: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+        return soft_dice_loss(out.float(), batch["masks"]), {}
+
+    def validate(self, trainer: Any) -> dict[str, Any]:
+        ctx, recipe = trainer.ctx, trainer.recipe
+        m = evaluate_seg(trainer.strategy.unwrap(), self.sset, self.val, recipe.transforms, ctx.env.device,
+                         ctx.cfg.loader.eval_batch_per_rank, self.opts.seg_threshold)  # fmt: skip
+        return dist.broadcast_object(m)  # BN running stats may differ across ranks: rank 0's numbers decide
+
+    def describe(self, metrics: dict[str, Any]) -> str:
+        return f"val loss {metrics['val_loss']:.4f}, Dice {metrics['val_dice']}"
 
 
 def train_unet(ctx: StageContext, opts: Any, recipe: Any) -> dict[str, Any]:
-    """The ``seg`` stage: train the U-Net; write ``best.pt`` and example PNGs; return the val Dice per structure
-    (``opts``: the method's options; ``recipe``: the seg stage's)."""
-    cfg, env = ctx.cfg, ctx.env
+    """The ``seg`` stage: train the U-Net (the trainer: exact mid-epoch resume); write ``best.pt`` and example PNGs;
+    return the val Dice per structure (``opts``: the method's options; ``recipe``: the seg stage's)."""
     sizes = [o["size"] for o in [*recipe.transforms.train, *recipe.transforms.eval] if o["op"].startswith("resize")]
     sset = load_segmentation_set(seg_root(ctx, opts.seg_root), max(sizes or [256]))
-    train, val = split_set(len(sset.names), opts.seg_val_fraction, cfg.seed)
+    train, val = split_set(len(sset.names), opts.seg_val_fraction, ctx.cfg.seed)
     if len(train) < recipe.global_batch or recipe.epochs < 1:
         raise ValueError(
             f"seg: {len(train)} training images for global_batch {recipe.global_batch}, {recipe.epochs} epochs"
         )
-    strategy, scheduler = _unet_strategy(ctx, recipe, opts.unet_width)
-    eval_bs = cfg.loader.eval_batch_per_rank
-    best, history = None, []
-    for epoch in range(recipe.epochs):
-        train_loss = _train_epoch(strategy, sset, train, recipe, cfg.seed, epoch, env)
-        m = evaluate_seg(strategy.unwrap(), sset, val, recipe.transforms, env.device, eval_bs, opts.seg_threshold)
-        m = dist.broadcast_object(m)  # BN running stats may differ across ranks: rank 0's numbers decide
-        step_scheduler(scheduler, {"train_loss": train_loss, **m})
-        history.append({"epoch": epoch, "train_loss": train_loss, **m})
-        if best is None or m["val_loss"] < best["val_loss"]:  # "the model with the smallest loss was saved"
-            best = history[-1]
-            if env.is_main:
-                save_model_weights(ctx.stage_dir / "best.pt", strategy.unwrap(), {"epoch": epoch, **m})
-        logs = {"train_loss": train_loss, "val_loss": m["val_loss"]} | {
-            f"val_dice/{k}": v for k, v in m["val_dice"].items()
-        }
-        ctx.tracker.log(logs, step=epoch, prefix="seg")
-        logger.info("seg epoch %d: train %.4f, val %.4f, Dice %s", epoch, train_loss, m["val_loss"], m["val_dice"])
-    dist.barrier()
-    if env.is_main:
+    build = lambda c: build_model("unet", base_width=opts.unet_width, in_chans=recipe.transforms.channels)  # noqa: E731
+    out = Trainer(ctx, TrainStage("seg", recipe, build, hooks=UNetHooks(sset, train, val, opts))).fit()
+    best = out["history"][out["best_epoch"]]
+    if ctx.env.is_main:
         _seg_examples(ctx, sset, val[: opts.examples], recipe.transforms, opts)
     dist.barrier()
     return {
         "weights": "best.pt",
-        "best_epoch": best["epoch"],
+        "best_epoch": out["best_epoch"],
         "val_loss": best["val_loss"],
         "val_dice": best["val_dice"],
         "val_dice_mean_shape_baseline": _mean_shape_dice(sset, train, val, recipe.transforms),
         "num_train": len(train),
         "num_val": len(val),
-        "history": history,
+        "history": out["history"],
         "seg_root": str(seg_root(ctx, opts.seg_root)),
-        "micro_batch": strategy.micro_batch,
-        "accum": strategy.accum,
-        "batchnorm": strategy.batchnorm_record(recipe.global_batch),
+        "micro_batch": out["micro_batch"],
+        "accum": out["accum"],
+        "batchnorm": out["batchnorm"],
     }
 
 

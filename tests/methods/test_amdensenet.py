@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import cxrdist.engine.trainer as trainer_module
+import cxrdist.engine.train_hooks as hooks_module  # the classifier hooks build the recipe's loss
 from cxrdist.config import compose
 from cxrdist.data.nih import read_data_entry
 from cxrdist.data.reader import ShardReader
@@ -69,13 +69,13 @@ def test_paper_recipe_defaults():
 
 def test_focal_loss_from_config_trains_end_to_end(shard_root: Path, tmp_path: Path, monkeypatch):
     calls = []
-    real = trainer_module.build_loss
+    real = hooks_module.build_loss
 
     def spy(name, args=None):
         calls.append((name, dict(args or {})))
         return real(name, args)
 
-    monkeypatch.setattr(trainer_module, "build_loss", spy)  # nproc=1 runs in this process
+    monkeypatch.setattr(hooks_module, "build_loss", spy)  # nproc=1 runs in this process
     cfg = am_cfg(shard_root, tmp_path / "run", "method.stages.train.loss_args.alpha=0.4")
     run_dir = run_local(cfg, nproc=1)
     assert calls == [("focal", {"alpha": 0.4, "gamma": 2.0})]

@@ -31,6 +31,7 @@ from cxrdist.methods.diseasemask_stages import (
 from cxrdist.models.alignment import warp, warp_maps_back
 from cxrdist.models.base import Classifier
 from cxrdist.run.local import run_local
+from testkit.resume import Killed, kill_after_checkpoint
 from testkit.tiny_methods import diseasemask_overrides
 
 SPLITS = ("train", "val", "test", "bbox")
@@ -222,3 +223,33 @@ def test_without_masks_stops_after_classify():
     with pytest.raises(ValueError, match="only .* ops"):
         get_method("diseasemask")(compose(["method=diseasemask", "data.root=/x",
                                            "method.stages.classify.transforms.train=[{op: hflip}]"]))  # fmt: skip
+
+
+def test_alignment_resumes_bit_identical_after_a_mid_epoch_kill(
+    shard_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The alignment net runs through the trainer: killed after a mid-epoch checkpoint (epoch 2, step 1 of 3), the
+    training run again ends with the weights and history (L_e, L_p means) of an uninterrupted run."""
+    extra = ("method.stages.align.epochs=2", "method.stages.align.max_steps_per_epoch=3", "engine.ckpt_every_steps=1")
+
+    def prepare(run: Path):
+        ctx, method = stage_ctx(dm_cfg(shard_root, run, *extra), "align")
+        torch.manual_seed(0)  # the same (untrained) perceptual net in both runs
+        save_model_weights(ctx.stage_dirs["perceptual"] / "best.pt", method.build_model("perceptual"), {})
+        anchor, _ = compute_anchor(ctx, method.options, method.recipe("align"))
+        return ctx, method, anchor
+
+    def train(ctx, method, anchor):
+        return train_alignment(ctx, method.options, method.recipe("align"), anchor, model_cfg=method.model_cfg,
+                               perceptual=perceptual_of(method))  # fmt: skip
+
+    ref_net, ref_history, _ = train(*prepare(tmp_path / "ref"))
+    ctx, method, anchor = prepare(tmp_path / "killed")
+    with monkeypatch.context() as m:
+        kill_after_checkpoint(m, step=4)
+        with pytest.raises(Killed):
+            train(ctx, method, anchor)
+    net, history, _ = train(ctx, method, anchor)
+    a, b = ref_net.state_dict(), net.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert history == ref_history and len(history) == 2 and history[1]["euclidean"] > 0

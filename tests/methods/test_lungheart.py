@@ -22,6 +22,7 @@ from cxrdist.methods import get_method
 from cxrdist.methods.lungheart import maps
 from cxrdist.methods.lungheart_stages import train_unet, write_masks
 from cxrdist.run.local import run_local
+from testkit.resume import Killed, kill_after_checkpoint
 from testkit.tiny_methods import lungheart_overrides
 
 SPLITS = ("train", "val", "test", "bbox")
@@ -164,3 +165,29 @@ def test_two_ranks_end_to_end(shard_root: Path, phantom_root: Path, tmp_path: Pa
         assert filled_mask(run / "stages" / "01_masks" / split / "mask").all()
     assert read_done(run / "stages" / "02_classify")["outputs"]["world_size"] == 2
     assert json.loads((run / "stages" / "03_eval" / "test" / "metrics.json").read_text())["num_samples"] > 0
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_unet_resumes_bit_identical_after_a_mid_epoch_kill(
+    shard_root: Path, phantom_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The U-Net runs through the trainer: killed after a mid-epoch checkpoint (epoch 2, step 1 of 3), the stage
+    run again ends with the weights and history of an uninterrupted run."""
+    extra = ("method.stages.seg.epochs=2", "engine.ckpt_every_steps=1")
+    ctx, method = stage_ctx(lh_cfg(shard_root, phantom_root, tmp_path / "ref", *extra), "seg")
+    ref = train_unet(ctx, method.options, method.recipe("seg"))
+    ref_dir = ctx.stage_dir
+    ctx, method = stage_ctx(lh_cfg(shard_root, phantom_root, tmp_path / "killed", *extra), "seg")
+    with monkeypatch.context() as m:
+        kill_after_checkpoint(m, step=4)
+        with pytest.raises(Killed):
+            train_unet(ctx, method.options, method.recipe("seg"))
+    assert not (ctx.stage_dir / "last.pt").exists()  # it did stop part-way
+    out = train_unet(ctx, method.options, method.recipe("seg"))
+    for name in ("best.pt", "last.pt"):
+        a, b = _weights(ref_dir / name), _weights(ctx.stage_dir / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert out["history"] == ref["history"] and len(ref["history"]) == 2
