@@ -124,6 +124,24 @@ def wandb_run_id(run_dir: Path) -> str:
     return rid
 
 
+def drop_inherited_wandb_service() -> bool:
+    """Forget a W&B service token (``WANDB_SERVICE``) that another process started; True if one was dropped.
+
+    A job inherits its submitter's environment (a shell, a notebook or pytest that used W&B). Attached to that
+    process's service, a run outlives a killed attempt there, and the requeued attempt's ``wandb.init(id=…)`` is
+    refused with "run ID … is in use". The token reads ``<version>-<pid of the service's owner>-…``; this process
+    starts its own service when the pid is not its own.
+    """
+    token = os.environ.get("WANDB_SERVICE")
+    if not token:
+        return False
+    parts = token.split("-")
+    if len(parts) > 1 and parts[1] == str(os.getpid()):
+        return False
+    del os.environ["WANDB_SERVICE"]
+    return True
+
+
 def wandb_environment(run_dir: Path) -> dict[str, str]:
     """The WANDB_* variables that keep every W&B file inside the run dir (mode: offline unless set)."""
     base = Path(run_dir).resolve() / "wandb"
@@ -160,6 +178,7 @@ class WandbTracker(Tracker):
                 Path(v).mkdir(parents=True, exist_ok=True)
             os.environ[k] = v
         os.environ.setdefault("WANDB_SILENT", "true")
+        drop_inherited_wandb_service()
         import wandb  # optional heavy dependency (logger=none runs without it)
 
         self.run_id = wandb_run_id(run_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import json
 import logging
 import signal
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrdist.log import build_tracker
+from cxrdist.log import build_tracker, drop_inherited_wandb_service
 
 
 def test_wandb_failure_turns_wandb_off_and_keeps_metrics(tmp_path: Path, monkeypatch, caplog):
@@ -120,3 +121,14 @@ def test_sigterm_line_is_logged_while_the_main_thread_is_stuck_in_c(tmp_path: Pa
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_job_drops_the_wandb_service_of_the_process_that_submitted_it(monkeypatch):
+    """A requeued attempt attached to its submitter's W&B service found its own run id "in use" (#18)."""
+    monkeypatch.setenv("WANDB_SERVICE", f"3-{os.getpid() + 1}-unix-/tmp/wandb-sock")
+    assert drop_inherited_wandb_service() and "WANDB_SERVICE" not in os.environ
+    own = f"3-{os.getpid()}-unix-/tmp/wandb-sock"
+    monkeypatch.setenv("WANDB_SERVICE", own)
+    assert not drop_inherited_wandb_service() and os.environ["WANDB_SERVICE"] == own
+    monkeypatch.delenv("WANDB_SERVICE")
+    assert not drop_inherited_wandb_service()
