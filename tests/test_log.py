@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
