@@ -9,6 +9,7 @@ the alignment net of ``diseasemask`` bring their own (``methods/``).
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from typing import Any
@@ -25,8 +26,8 @@ logger = logging.getLogger(__name__)
 Trainer = Any  # the trainer passes itself to its hooks (trainer.py imports this module, not the reverse)
 
 
-class TrainHooks:
-    """The parts of training that differ between networks; subclasses override what they need."""
+class TrainHooks(abc.ABC):
+    """The parts of training that differ between networks; subclasses override what they need (``loss`` always)."""
 
     select = True  # keep best.pt by the recipe's select_metric (False: only last.pt, e.g. no validation)
 
@@ -45,6 +46,7 @@ class TrainHooks:
 
     def setup(self, trainer: Trainer) -> None:
         """Build what the other hooks use (called once the model is wrapped)."""
+        return None  # the default hooks build nothing
 
     def train_loader(self, trainer: Trainer) -> Any:
         """The training loader: batches with ``index``, resumable (``state_dict``), a ``sampler`` and ``epoch``."""
@@ -54,9 +56,9 @@ class TrainHooks:
         """What runs under autocast (default: the stage's forward, logits)."""
         return trainer.stage.forward(model, batch)
 
+    @abc.abstractmethod
     def loss(self, trainer: Trainer, out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss to back-propagate and named extra terms whose epoch means go into the history."""
-        raise NotImplementedError
 
     def validate(self, trainer: Trainer) -> dict[str, Any]:
         """End-of-epoch metrics (the same on every rank); must hold the recipe's select_metric when ``select``."""

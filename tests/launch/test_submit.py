@@ -11,20 +11,11 @@ from pathlib import Path
 import pytest
 
 from cxrdist.run.launcher import LaunchError, build_executor, parser, submit
+from testkit.tiny import TINY_RUN, TINY_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
 
-TINY = [
-    "method.model.pretrained=false",
-    "method.stages.train.epochs=1",
-    "method.stages.train.max_steps_per_epoch=1",
-    "method.stages.train.global_batch=8",
-    "loader.workers=0",
-    "logger=none",
-    "eval.heatmap_examples=1",
-    "method.stages.train.transforms.train=[{op: resize, size: 40}, {op: center_crop, size: 32}]",
-    "method.stages.train.transforms.eval=[{op: resize, size: 40}, {op: center_crop, size: 32}]",
-]
+TINY = [*TINY_RUN, "eval.heatmap_examples=1", *TINY_SIZE]
 
 
 def test_dry_run_gpu_nodes(tmp_path: Path):

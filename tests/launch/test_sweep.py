@@ -13,20 +13,10 @@ import yaml
 
 from cxrdist.config import compose, save_config
 from cxrdist.run.sweep import expand, override_dirname
+from testkit.tiny import TINY_RUN, TINY_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "method.model.pretrained=false",
-    "method.stages.train.epochs=1",
-    "method.stages.train.max_steps_per_epoch=1",
-    "method.stages.train.global_batch=8",
-    "loader.workers=0",
-    "logger=none",
-    "eval.heatmap_examples=1",
-    "eval.splits=[test]",
-    "method.stages.train.transforms.train=[{op: resize, size: 40}, {op: center_crop, size: 32}]",
-    "method.stages.train.transforms.eval=[{op: resize, size: 40}, {op: center_crop, size: 32}]",
-]
+TINY = [*TINY_RUN, "eval.heatmap_examples=1", "eval.splits=[test]", *TINY_SIZE]
 
 
 def _submit():

@@ -9,19 +9,11 @@ from pathlib import Path
 import pytest
 from test_local_cluster import Cluster, cluster  # noqa: F401  (the module-scoped cluster fixture)
 
+from testkit.tiny import TINY_RUN, TINY_SIZE
+
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "method.model.pretrained=false",
-    "method.stages.train.epochs=1",
-    "method.stages.train.max_steps_per_epoch=1",
-    "method.stages.train.global_batch=8",
-    "loader.workers=0",
-    "logger=none",
-    "eval.splits=[test]",
-    "method.stages.train.transforms.train=[{op: resize, size: 40}, {op: center_crop, size: 32}]",
-    "method.stages.train.transforms.eval=[{op: resize, size: 40}, {op: center_crop, size: 32}]",
-]
+TINY = [*TINY_RUN, "eval.splits=[test]", *TINY_SIZE]
 
 
 def test_sweep_is_one_slurm_array_with_a_leaderboard(cluster: Cluster, shard_root: Path, tmp_path: Path, capsys):  # noqa: F811

@@ -19,6 +19,16 @@ from cxrdist.run.session import rank_session
 
 SIZE_OPS = "[{op: resize, size: 40}, {op: center_crop, size: 32}]"
 TRAIN_OPS = "[{op: resize, size: 40}, {op: random_resized_crop, size: 32, scale: [0.5, 1.0]}, {op: hflip}]"
+# A method run trimmed to one step of batch 8 at 32 px (launcher and sweep tests): TINY_RUN + extras + TINY_SIZE.
+TINY_RUN = [
+    "method.model.pretrained=false",
+    "method.stages.train.epochs=1",
+    "method.stages.train.max_steps_per_epoch=1",
+    "method.stages.train.global_batch=8",
+    "loader.workers=0",
+    "logger=none",
+]
+TINY_SIZE = [f"method.stages.train.transforms.train={SIZE_OPS}", f"method.stages.train.transforms.eval={SIZE_OPS}"]
 
 
 class TinyNet(Classifier):
