@@ -136,10 +136,9 @@ def _localize(maps: np.ndarray, loader: BaseLoader, ecfg: Any, out: Path) -> tup
 
 
 def evaluate_split(
-    ctx: StageContext, model: torch.nn.Module, stage: EvalStage, split: str, out: Path, prefix: str | None = None
+    ctx: StageContext, model: torch.nn.Module, stage: EvalStage, split: str, out: Path
 ) -> dict[str, Any] | None:
-    """Evaluate one split collectively; rank 0 writes the files and returns the metrics (None elsewhere).
-    ``prefix``: the W&B key prefix (default ``eval``, or ``eval/external/<dataset>`` on an external set)."""
+    """Evaluate one split collectively; rank 0 writes the files and returns the metrics (None elsewhere)."""
     ecfg = ctx.cfg.eval
     spec = ctx.loader_spec(
         split=split,
@@ -178,14 +177,12 @@ def evaluate_split(
     }
     # Published numbers are NIH test numbers: never set beside another dataset's.
     published = stage.published.get("auroc") if mask is None else None
+    prefix = "eval"
     pids, how = patients_of(keys, saved)
-    if mask is not None or prefix is not None:  # another shard set: which one (run/external.py keys on its hash)
-        header = read_json(loader.reader.root / "_dataset.json")
-        metrics["shards"] = str(loader.reader.root)
-        metrics["shards_config_hash"] = header.get("config_hash")
-        metrics["dataset"] = header.get("dataset", "nih")
-    prefix = prefix or ("eval" if mask is None else f"eval/external/{metrics['dataset']}")
     if mask is not None:
+        metrics["shards"] = str(loader.reader.root)
+        metrics["dataset"] = read_json(loader.reader.root / "_dataset.json").get("dataset", "?")
+        prefix = f"eval/external/{metrics['dataset']}"
         (out / "auroc.md").write_text(auroc_table_md({"ours": auroc}) + "\n")
     else:
         metrics["intervals"] = auroc_intervals(labels, logits, pids) | {"patients": how}
@@ -261,17 +258,14 @@ def fixed_threshold_summary(loc: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-def evaluate_model(
-    ctx: StageContext, stage: EvalStage, out_root: Path | None = None, prefix: str | None = None
-) -> dict[str, Any]:
-    """Run the configured evaluation splits; return a summary for DONE.json (``prefix``: of the W&B keys, see
-    :func:`evaluate_split`)."""
+def evaluate_model(ctx: StageContext, stage: EvalStage, out_root: Path | None = None) -> dict[str, Any]:
+    """Run the configured evaluation splits; return a summary for DONE.json."""
     weights = stage.weights(ctx)
     model = load_trained(stage.build_model(ctx), weights, ctx.env.device)
     out_root = out_root or ctx.stage_dir
     summary: dict[str, Any] = {"weights": str(weights)}
     for split in ctx.cfg.eval.splits:
-        m = evaluate_split(ctx, model, stage, split, out_root / split, prefix)
+        m = evaluate_split(ctx, model, stage, split, out_root / split)
         if m is not None:
             summary[split] = {"auroc_mean": m["auroc"]["mean"], "dir": str(out_root / split)}
             if "localization" in m:

@@ -2,7 +2,8 @@
 
 Every rank composes the same overrides; rank 0 prepares the run dir (refusing one started with another
 config, or held by another live job) and broadcasts the resolved config, so every rank runs exactly what
-``RUN/config.yaml`` says. Under Slurm the run dir's lock token is the job id, so a requeue of the job passes.
+``RUN/config.yaml`` says. Under Slurm the run dir's lock token is the job id, so a requeue of the job passes,
+and SIGTERM is taken as on the submitit path (:mod:`cxrdist.run.sigterm`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from cxrdist.config import compose, to_container
 from cxrdist.run import rundir
 from cxrdist.run.prepare import prepare_run
 from cxrdist.run.session import run_rank
+from cxrdist.run.sigterm import hold_on_sigterm
 
 
 def main(argv: list[str] | None = None) -> int:
     """Prepare on rank 0, then run the method's stages on every rank."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id:  # the same SIGTERM behaviour as the submitit path: log, mark preempted, freeze until the kill
+        hold_on_sigterm()
     env = dist.from_environment()
     dist.init(env)
-    job_id = os.environ.get("SLURM_JOB_ID")
     lock = f"slurm-{job_id}" if job_id else rundir.new_token()
     cfg_dict, error = None, None
     if env.is_main:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_local_cluster import Cluster, cluster  # noqa: F401  (the module-scoped cluster fixture)  # noqa: F401  (the module-scoped cluster fixture)
+from test_local_cluster import Cluster, cluster  # noqa: F401  (the module-scoped cluster fixture)
 
 from cxrdist.engine.checkpoint import FAULT_ENV
 from cxrdist.log import read_metrics
@@ -270,10 +270,16 @@ def test_sharding_array_matches_single_process(
         assert [s["sha256"] for s in got] == [s["sha256"] for s in want]
 
 
-def test_train_sbatch_runs_cxrdist_train(cluster: Cluster, shard_root: Path, tmp_path: Path):  # noqa: F811
-    """The srun + torchrun template (no submitit) trains and evaluates chexnet on both nodes."""
+def _train_sbatch(
+    cluster: Cluster,  # noqa: F811
+    shard_root: Path,
+    run: Path,
+    *,
+    wait: bool,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """``sbatch slurm/train.sbatch`` (srun + torchrun, no submitit) for tiny chexnet on both nodes."""
     repo = Path(__file__).resolve().parents[2]
-    run = tmp_path / "sbatch-run"
     overrides = [
         "method=chexnet",
         f"data.root={shard_root}",
@@ -281,30 +287,37 @@ def test_train_sbatch_runs_cxrdist_train(cluster: Cluster, shard_root: Path, tmp
         *[o for o in TINY if not o.startswith("method.stages.train.epochs")],
         "method.stages.train.epochs=1",
     ]
-    env = {**cluster.env, "PYTHON": sys.executable, "RUN_DIR": str(run), "GLOO_SOCKET_IFNAME": "lo"}
+    env = {**cluster.env, "PYTHON": sys.executable, "RUN_DIR": str(run), "GLOO_SOCKET_IFNAME": "lo", **(env or {})}
+    flags = ["--nodes=2", "--gpus-per-node=0", "--cpus-per-task=1", "--partition=debug", "--time=15"]
+    cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), *flags, "-o", str(run.parent / "train.out")]
+    cmd += ["--chdir", str(run.parent), str(repo / "slurm" / "train.sbatch"), *overrides]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_train_sbatch_runs_cxrdist_train(cluster: Cluster, shard_root: Path, tmp_path: Path):  # noqa: F811
+    """The srun + torchrun template (no submitit) trains and evaluates chexnet on both nodes."""
+    run = tmp_path / "sbatch-run"
+    proc = _train_sbatch(cluster, shard_root, run, wait=True)
     out = tmp_path / "train.out"
-    proc = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            "--wait",
-            "--nodes=2",
-            "--gpus-per-node=0",
-            "--cpus-per-task=1",
-            "--partition=debug",
-            "--time=15",
-            "-o",
-            str(out),
-            "--chdir",
-            str(tmp_path),
-            str(repo / "slurm" / "train.sbatch"),
-            *overrides,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
     assert proc.returncode == 0, f"{proc.stderr}\n{out.read_text() if out.exists() else ''}"
     done = json.loads((run / "stages" / "01_eval" / "DONE.json").read_text())
     assert done["world_size"] == 2
+
+
+def test_train_sbatch_requeue_takes_sigterm_like_submitit(cluster: Cluster, shard_root: Path, tmp_path: Path):  # noqa: F811
+    """Requeued mid-epoch, the torchrun workers take SIGTERM as the submitit path does (each rank logs the line
+    and freezes until the kill) and the next attempt of the same job resumes to the end."""
+    run = tmp_path / "sbatch-requeue"
+    proc = _train_sbatch(cluster, shard_root, run, wait=False, env={FAULT_ENV: "pause:epoch_end"})
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(";")[0]
+    try:
+        _wait_for(run / "logs" / "rank0.log", "test fault: paused at epoch_end")
+        subprocess.run(["scontrol", "requeue", job_id], check=True, env=cluster.env, timeout=30)
+        _wait_for(run / "stages" / "01_eval" / "DONE.json", "world_size", timeout=600)
+    finally:
+        subprocess.run(["scancel", job_id], env=cluster.env, timeout=30)
+    for r in (0, 1):
+        assert (run / "logs" / f"rank{r}.log").read_text().count("SIGTERM: Slurm is ending this attempt") == 1
+    sbatch_out = (run / "logs" / f"sbatch-{job_id}.out").read_text()
+    assert f"job {job_id} restart 1:" in sbatch_out, sbatch_out[-2000:]
