@@ -12,6 +12,7 @@ from cxrdist import cli
 from cxrdist.data.external import DATASETS
 from cxrdist.data.external.common import VIEW_FILTERS, WINDOWS_16BIT
 from cxrdist.data.external.labelmap import UNCERTAIN_POLICIES
+from cxrdist.data.external.padchest import AGE_YEAR, MIN_AGE
 from cxrdist.data.format import DataError
 from cxrdist.data.nih import SPLIT_SCHEMES
 from cxrdist.data.verify import format_report, verify_dataset
@@ -39,6 +40,14 @@ def writer_parser(prog: str = "write_shards.py") -> argparse.ArgumentParser:
         choices=WINDOWS_16BIT,
         default="max",
         help="16-bit PNGs (PadChest): v/max·255 (the NIH writer's rule) or the 0.5–99.5th percentile window",
+    )
+    p.add_argument(
+        "--min-age",
+        type=int,
+        default=None,
+        metavar="YEARS",
+        help=f"PadChest: leave out rows with {AGE_YEAR} - PatientBirth <= YEARS or no PatientBirth, counted in "
+        f"filtered.jsonl (torchxrayvision's pediatric filter; default {MIN_AGE}; 0 keeps them)",
     )
     p.add_argument("--out", required=True, type=Path, help="output shard root")
     p.add_argument("--size", type=int, default=512, help="stored image side in pixels; 0 keeps the original")
@@ -93,12 +102,17 @@ def config_from_args(args: argparse.Namespace) -> WriterConfig:
         raise cli.UsageError("--root is required (the dataset's folder; --nih-root also works for --dataset nih)")
     if args.dataset != "nih" and args.nih_root is not None:
         raise cli.UsageError(f"--nih-root is for --dataset nih; use --root for {args.dataset}")
+    if args.min_age is not None and args.dataset != "padchest":
+        raise cli.UsageError(f"--min-age is for --dataset padchest (its PatientBirth column), not {args.dataset}")
+    if args.min_age is not None and args.min_age < 0:
+        raise cli.UsageError(f"--min-age must be ≥ 0 (0 keeps pediatric images), got {args.min_age}")
     return WriterConfig(
         nih_root=str(root),
         dataset=args.dataset,
         views=args.views,
         uncertain=args.uncertain,
         window16=args.window16,
+        min_age=MIN_AGE if args.min_age is None else args.min_age,
         out=str(args.out),
         size=args.size,
         quality=args.quality,

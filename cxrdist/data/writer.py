@@ -25,6 +25,7 @@ from PIL import Image
 from cxrdist.data import external
 from cxrdist.data.external import common as external_common
 from cxrdist.data.external.labelmap import label_map_record
+from cxrdist.data.external.padchest import MIN_AGE
 from cxrdist.data.format import (
     FORMAT_VERSION,
     DataError,
@@ -65,13 +66,21 @@ class WriterConfig:
     views: str = "frontal"
     uncertain: str = "ignore"
     window16: str = "max"
+    min_age: int = MIN_AGE  # PadChest only (left out of the other datasets' content): 0 keeps pediatric images
 
     def content_dict(self) -> dict[str, Any]:
         """The fields that change what is written (paths, workers and skip policy excluded)."""
         skip = {"nih_root", "out", "workers", "skip_bad"}
         if self.dataset == "nih":
             skip |= {"dataset", "views", "uncertain", "window16"}
+        if self.dataset != "padchest":
+            skip.add("min_age")
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+    def external_plan(self) -> external_common.ExternalPlan:
+        """An external dataset's records, filtered by this config's options (``data/external``)."""
+        age = {"min_age": self.min_age} if self.dataset == "padchest" else {}
+        return external.plan(self.dataset, Path(self.nih_root), views=self.views, uncertain=self.uncertain, **age)
 
 
 @dataclass(frozen=True)
@@ -200,7 +209,7 @@ def write_one_shard(task: ShardTask, cfg: WriterConfig) -> dict[str, Any]:
 def plan_tasks(cfg: WriterConfig) -> list[ShardTask]:
     """All shards of all splits, in a fixed order (split order, then shard number)."""
     if cfg.dataset != "nih":
-        splits = external.plan(cfg.dataset, Path(cfg.nih_root), views=cfg.views, uncertain=cfg.uncertain).splits
+        splits = cfg.external_plan().splits
     else:
         splits = plan_splits(
             Path(cfg.nih_root),
@@ -224,7 +233,7 @@ def dataset_header(cfg: WriterConfig) -> dict[str, Any]:
     root = Path(cfg.nih_root)
     extra: dict[str, Any] = {}
     if cfg.dataset != "nih":
-        plan = external.plan(cfg.dataset, root, views=cfg.views, uncertain=cfg.uncertain)
+        plan = cfg.external_plan()
         sources = {p.name: sha256_file(p) for p in plan.sources}
         reasons = Counter(f["reason"] for f in plan.filtered)
         filtered = {"count": len(plan.filtered), "by_reason": dict(sorted(reasons.items())), "list": FILTERED}
@@ -257,7 +266,7 @@ def prepare_output(cfg: WriterConfig) -> dict[str, Any]:
     for split in SPLITS:
         (out / split).mkdir(exist_ok=True)
     if cfg.dataset != "nih":  # the rows the view filter and the release's own exclusions leave out, one a line
-        plan = external.plan(cfg.dataset, Path(cfg.nih_root), views=cfg.views, uncertain=cfg.uncertain)
+        plan = cfg.external_plan()
         lines = "".join(json.dumps(f, sort_keys=True) + "\n" for f in plan.filtered)
         atomic_write_bytes(out / FILTERED, lines.encode())
     atomic_write_json(path, header)

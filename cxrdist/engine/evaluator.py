@@ -136,9 +136,10 @@ def _localize(maps: np.ndarray, loader: BaseLoader, ecfg: Any, out: Path) -> tup
 
 
 def evaluate_split(
-    ctx: StageContext, model: torch.nn.Module, stage: EvalStage, split: str, out: Path
+    ctx: StageContext, model: torch.nn.Module, stage: EvalStage, split: str, out: Path, prefix: str | None = None
 ) -> dict[str, Any] | None:
-    """Evaluate one split collectively; rank 0 writes the files and returns the metrics (None elsewhere)."""
+    """Evaluate one split collectively; rank 0 writes the files and returns the metrics (None elsewhere).
+    ``prefix``: the W&B key prefix (default ``eval``, or ``eval/external/<dataset>`` on an external set)."""
     ecfg = ctx.cfg.eval
     spec = ctx.loader_spec(
         split=split,
@@ -177,12 +178,14 @@ def evaluate_split(
     }
     # Published numbers are NIH test numbers: never set beside another dataset's.
     published = stage.published.get("auroc") if mask is None else None
-    prefix = "eval"
     pids, how = patients_of(keys, saved)
-    if mask is not None:
+    if mask is not None or prefix is not None:  # another shard set: which one (run/external.py keys on its hash)
+        header = read_json(loader.reader.root / "_dataset.json")
         metrics["shards"] = str(loader.reader.root)
-        metrics["dataset"] = read_json(loader.reader.root / "_dataset.json").get("dataset", "?")
-        prefix = f"eval/external/{metrics['dataset']}"
+        metrics["shards_config_hash"] = header.get("config_hash")
+        metrics["dataset"] = header.get("dataset", "nih")
+    prefix = prefix or ("eval" if mask is None else f"eval/external/{metrics['dataset']}")
+    if mask is not None:
         (out / "auroc.md").write_text(auroc_table_md({"ours": auroc}) + "\n")
     else:
         metrics["intervals"] = auroc_intervals(labels, logits, pids) | {"patients": how}
@@ -258,14 +261,17 @@ def fixed_threshold_summary(loc: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-def evaluate_model(ctx: StageContext, stage: EvalStage, out_root: Path | None = None) -> dict[str, Any]:
-    """Run the configured evaluation splits; return a summary for DONE.json."""
+def evaluate_model(
+    ctx: StageContext, stage: EvalStage, out_root: Path | None = None, prefix: str | None = None
+) -> dict[str, Any]:
+    """Run the configured evaluation splits; return a summary for DONE.json (``prefix``: of the W&B keys, see
+    :func:`evaluate_split`)."""
     weights = stage.weights(ctx)
     model = load_trained(stage.build_model(ctx), weights, ctx.env.device)
     out_root = out_root or ctx.stage_dir
     summary: dict[str, Any] = {"weights": str(weights)}
     for split in ctx.cfg.eval.splits:
-        m = evaluate_split(ctx, model, stage, split, out_root / split)
+        m = evaluate_split(ctx, model, stage, split, out_root / split, prefix)
         if m is not None:
             summary[split] = {"auroc_mean": m["auroc"]["mean"], "dir": str(out_root / split)}
             if "localization" in m:

@@ -98,14 +98,24 @@ def auroc_intervals(
     }
 
 
-def _box_arrays(loc: Mapping[str, Any], patient_of_key: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
-    keys = list(loc["per_box"]["key"])
+def _box_arrays(
+    loc: Mapping[str, Any], patient_of_key: Mapping[str, Any], items: str = "per_box"
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Patient, class and number of classes of each item of ``loc[items]`` (GT boxes, or (image, class) pairs)."""
+    keys = list(loc[items]["key"])
     missing = sorted({k for k in keys if k not in patient_of_key})
     if missing:
-        raise ValueError(f"localization per_box: no patient for {len(missing)} image(s), e.g. {missing[:3]}")
-    cls = np.asarray(loc["per_box"]["class_idx"], dtype=np.int64)
+        raise ValueError(f"localization {items}: no patient for {len(missing)} image(s), e.g. {missing[:3]}")
+    cls = np.asarray(loc[items]["class_idx"], dtype=np.int64)
     num_classes = max(len(BOX_CLASSES), int(cls.max()) + 1 if cls.size else 0)
     return np.array([patient_of_key[k] for k in keys]), cls, num_classes
+
+
+def _afp_values(loc: Mapping[str, Any], variant: str) -> dict[str, np.ndarray]:
+    """Per-pair FP counts of the AFP figures ``afp_at_iou>T`` (kim2021's T on Wang's IoU grid) of ``variant``;
+    none for results written before the counts were kept (``per_pair``)."""
+    fp = (loc.get("per_pair") or {}).get("fp", {}).get(variant, {}).get("iou", {})
+    return {f"afp_at_iou>{t:g}": np.asarray(fp[f"{t:g}"], dtype=np.float64) for t in KIM_IOU_T if f"{t:g}" in fp}
 
 
 def localization_intervals(
@@ -118,9 +128,12 @@ def localization_intervals(
     """Clustered bootstrap CIs of the fixed-threshold localization figures: ``{variant: {figure: {value, ci}}}``.
 
     Figures: ``acc_at_iou>T`` (hit = best IoU > T, mean over classes: kim2021's Mean) for each kim2021 threshold,
-    ``best_box_iou`` (best-box IoU, mean over boxes: fang2021's 0.3014). Patients come from ``patient_of_key``.
+    ``best_box_iou`` (best-box IoU, mean over boxes: fang2021's 0.3014), and ``afp_at_iou>T`` (Wang et al. 2017's
+    average false positives per image at T(IoU), mean over classes; items: the (image, class) pairs of ``per_pair``,
+    resampled with the same patient weights). Patients come from ``patient_of_key``.
     """
     pids, cls, num_classes = _box_arrays(loc, patient_of_key)
+    pair_pids, pair_cls, _ = _box_arrays(loc, patient_of_key, "per_pair") if loc.get("per_pair") else (None,) * 3
     out: dict[str, Any] = {}
     kw = {"num_classes": num_classes, "num_resamples": num_resamples, "seed": seed, "confidence": confidence}
     for variant, best in loc["per_box"]["best_iou"].items():
@@ -130,6 +143,8 @@ def localization_intervals(
         figs = {f"acc_at_iou>{t:g}": bootstrap_class_means(best > t, pids, cls, average="classes", **kw)
                 for t in KIM_IOU_T}  # fmt: skip
         figs["best_box_iou"] = bootstrap_class_means(best, pids, cls, average="items", **kw)
+        for name, fp in _afp_values(loc, variant).items():
+            figs[name] = bootstrap_class_means(fp, pair_pids, pair_cls, average="classes", **kw)
         out[variant] = {k: {"value": _num(r.estimate), "ci": _ci(r.ci_low, r.ci_high)} for k, r in figs.items()}
     return out
 
@@ -143,11 +158,16 @@ def paired_localization(
     confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
     """A − B of the fixed-threshold localization figures (as :func:`localization_intervals`) by the paired patient
-    bootstrap: ``{variant: {figure: {a, b, delta, ci, p}}}``. Both runs must list the same boxes in the same order."""
+    bootstrap: ``{variant: {figure: {a, b, delta, ci, p}}}``. Both runs must list the same boxes in the same order.
+    The AFP figures (lower is better) appear when both runs kept their per-pair FP counts."""
     pa, pb = loc_a["per_box"], loc_b["per_box"]
     if list(pa["key"]) != list(pb["key"]) or list(pa["class_idx"]) != list(pb["class_idx"]):
         raise ValueError("the two runs' localization results hold other boxes: compare runs on the same bbox split")
     pids, cls, num_classes = _box_arrays(loc_a, patient_of_key)
+    pairs = bool(loc_a.get("per_pair") and loc_b.get("per_pair"))
+    if pairs and any(list(loc_a["per_pair"][k]) != list(loc_b["per_pair"][k]) for k in ("key", "class_idx")):
+        raise ValueError("the two runs' localization results hold other (image, class) pairs: same bbox split?")
+    pair_pids, pair_cls, _ = _box_arrays(loc_a, patient_of_key, "per_pair") if pairs else (None,) * 3
     kw = {"num_classes": num_classes, "num_resamples": num_resamples, "seed": seed, "confidence": confidence}
     out: dict[str, Any] = {}
     for variant in [v for v in pa["best_iou"] if v != ORACLE and v in pb["best_iou"]]:
@@ -155,6 +175,9 @@ def paired_localization(
         figs = {f"acc_at_iou>{t:g}": paired_bootstrap_class_means(a > t, b > t, pids, cls, average="classes", **kw)
                 for t in KIM_IOU_T}  # fmt: skip
         figs["best_box_iou"] = paired_bootstrap_class_means(a, b, pids, cls, average="items", **kw)
+        afp_a, afp_b = (_afp_values(loc, variant) if pairs else {} for loc in (loc_a, loc_b))
+        for name in [n for n in afp_a if n in afp_b]:
+            figs[name] = paired_bootstrap_class_means(afp_a[name], afp_b[name], pair_pids, pair_cls, **kw)
         out[variant] = {
             k: {"a": _num(r.a.estimate), "b": _num(r.b.estimate), "delta": _num(r.delta.estimate),
                 "ci": _ci(r.delta.ci_low, r.delta.ci_high), "p": _num(r.p)}

@@ -152,7 +152,7 @@ def _match(
     num = len(gt)
     out = {_tkey(t): {"box_iou": np.zeros(num), "box_iobb": np.zeros(num)} for t in thresholds}
     preds: dict[str, list[tuple]] = {_tkey(t): [] for t in thresholds}
-    for (key, c), idx in groups.items():
+    for pair, ((key, c), idx) in enumerate(groups.items()):
         try:
             img = heatmap_to_image(_heatmap_for(heatmaps, key, c), compare_wh)
         except ValueError as err:
@@ -164,13 +164,27 @@ def _match(
             ov, ob = overlaps(gt[idx], pred)
             out[_tkey(t)]["box_iou"][idx] = ov.max(axis=1)
             out[_tkey(t)]["box_iobb"][idx] = ob.max(axis=1)
-            preds[_tkey(t)].append((np.full(len(pred), c), ov.max(axis=0), ob.max(axis=0)))
+            preds[_tkey(t)].append((np.full(len(pred), pair), ov.max(axis=0), ob.max(axis=0)))
     for tk, rows in preds.items():
         cols = (
             [np.concatenate(col) for col in zip(*rows)] if rows else [np.zeros(0, np.int64), np.zeros(0), np.zeros(0)]
         )
-        out[tk].update(pred_cls=cols[0].astype(np.int64), pred_iou=cols[1], pred_iobb=cols[2])
+        out[tk].update(pred_pair=cols[0].astype(np.int64), pred_iou=cols[1], pred_iobb=cols[2])
     return out
+
+
+def _fp_per_pair(m: dict, num_pairs: int, grids: dict) -> dict[str, dict[str, np.ndarray]]:
+    """False positives of each ``(image, class)`` pair (in ``groups`` order) at every T of both grids.
+
+    Kept per pair, not only per class, so a patient-clustered bootstrap can resample them (compare.py)."""
+    return {
+        name: {
+            _tkey(t): np.bincount(m["pred_pair"], weights=(m[f"pred_{name}"] <= t).astype(np.float64),
+                                  minlength=num_pairs)
+            for t in grid
+        }
+        for name, grid in grids.items()
+    }  # fmt: skip
 
 
 def _per_class(values: np.ndarray, classes: Sequence[int]) -> dict[str, float | None]:
@@ -198,20 +212,24 @@ def _summarise(values_per_box: np.ndarray, box_cls: np.ndarray, classes: Sequenc
     }
 
 
-def _wang(m: dict, box_cls: np.ndarray, pairs_per_class: np.ndarray, classes: Sequence[int], grids: dict) -> dict:
-    """Accuracy and average false positives per class on the IoU and IoBB grids, for one threshold."""
+def _wang(m: dict, box_cls: np.ndarray, pair_cls: np.ndarray, classes: Sequence[int], fp_pairs: dict) -> dict:
+    """Accuracy and average false positives per class on the IoU and IoBB grids, for one threshold.
+
+    ``fp_pairs``: :func:`_fp_per_pair` of this threshold; ``pair_cls``: the class of each pair."""
     result: dict[str, dict] = {}
-    for name, grid in grids.items():
-        box_best, pred_best = m[f"box_{name}"], m[f"pred_{name}"]
+    pairs_per_class = np.bincount(pair_cls, minlength=len(LABELS)).astype(np.float64)
+    for name, by_t in fp_pairs.items():
+        box_best = m[f"box_{name}"]
         result[name] = {}
-        for t in grid:
+        for tk, fp_pair in by_t.items():
+            t = float(tk)
             acc = _summarise(box_best > t, box_cls, classes)
-            fp = np.bincount(m["pred_cls"], weights=(pred_best <= t).astype(np.float64), minlength=len(LABELS))
+            fp = np.bincount(pair_cls, weights=fp_pair, minlength=len(LABELS))
             with np.errstate(invalid="ignore", divide="ignore"):
                 afp = fp / pairs_per_class
             in_classes = list(classes)
             pooled = fp[in_classes].sum() / pairs_per_class[in_classes].sum()
-            result[name][_tkey(t)] = {
+            result[name][tk] = {
                 "accuracy": acc["per_class"],
                 "accuracy_mean_over_classes": acc["mean_over_classes"],
                 "accuracy_mean_over_boxes": acc["mean_over_boxes"],
@@ -275,7 +293,9 @@ def evaluate_localization(
         ``protocol`` (every choice), counts, ``acc_afp_at_overlap[thr][iou|iobb][T]`` (accuracy and average FP
         per class, both means; Wang et al. 2017), ``acc_at_iou[thr|oracle][T]`` (kim2021) and
         ``best_box_iou[thr|oracle]`` (fang2021) (``per_class``, ``mean_over_classes``, ``mean_over_boxes``),
-        ``compared_with`` (the paper table each is set beside), ``per_box`` best IoUs, and ``warnings``.
+        ``compared_with`` (the paper table each is set beside), ``per_box`` best IoUs, ``per_pair`` (each
+        ``(image, class)`` pair with a GT box and its FP count per threshold, grid and T: what AFP averages; the
+        bootstrap of compare.py resamples them), and ``warnings``.
     """
     compare_wh = as_wh(compare_size)
     if len(thresholds) == 0:
@@ -296,7 +316,9 @@ def evaluate_localization(
         logger.warning(w)
 
     grids = {"iou": WANG_IOU_T, "iobb": WANG_IOBB_T}
-    wang = {tk: _wang(m, box_cls, pairs_per_class, classes, grids) for tk, m in matches.items()}
+    pair_cls = np.array([c for _, c in groups], dtype=np.int64)
+    fp_pairs = {tk: _fp_per_pair(m, len(groups), grids) for tk, m in matches.items()}
+    wang = {tk: _wang(m, box_cls, pair_cls, classes, fp_pairs[tk]) for tk, m in matches.items()}
     best_iou = {tk: m["box_iou"] for tk, m in matches.items()}
     best_iou[ORACLE] = np.max(np.stack(list(best_iou.values())), axis=0)
     acc_at_iou, best_box_iou = _acc_and_best_iou(best_iou, box_cls, classes, KIM_IOU_T)
@@ -316,6 +338,14 @@ def evaluate_localization(
             "key": keys,
             "class_idx": box_cls.tolist(),
             "best_iou": {tk: b.tolist() for tk, b in best_iou.items()},
+        },
+        "per_pair": {  # the (image, class) pairs with a GT box, and their FP counts (AFP's numerators)
+            "key": [k for k, _ in groups],
+            "class_idx": pair_cls.tolist(),
+            "fp": {
+                tk: {g: {t: v.astype(np.int64).tolist() for t, v in by_t.items()} for g, by_t in fp.items()}
+                for tk, fp in fp_pairs.items()
+            },
         },
         "warnings": warnings,
     }

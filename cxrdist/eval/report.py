@@ -24,7 +24,7 @@ from cxrdist.eval.compare import NUM_RESAMPLES, SEED, _fci, inside, intervals_ta
 from cxrdist.eval.external import external_section_md
 from cxrdist.eval.figures import plot_published_vs_ours
 from cxrdist.eval.leaderboard import attach_intervals, find_runs, group_runs, run_labels
-from cxrdist.eval.localization import ACC_AT_IOU, BEST_BOX_IOU, ORACLE
+from cxrdist.eval.localization import ACC_AFP, ACC_AT_IOU, BEST_BOX_IOU, KIM_IOU_T, ORACLE
 from cxrdist.eval.report_multi import multi_run_lines, roc_band_lines
 from cxrdist.eval.schema import check_metrics_schema
 from cxrdist.eval.tables import auroc_table_md
@@ -112,6 +112,22 @@ def _loc_rows(bbox: dict[str, Any], pub: dict[str, Any] | None, cis: dict[str, A
                 hit = inside(p, ci["ci"]) if ci else "—"
                 published = "—" if oracle else _f(p)
                 rows.append(f"| {what} | {label} | {cells} | {ci_cell} | {hit} | {published} | {paper} |")
+    return rows + _afp_rows(bbox, cis)
+
+
+def _afp_rows(bbox: dict[str, Any], cis: dict[str, Any]) -> list[str]:
+    """Wang et al. 2017's average false positives at kim2021's T(IoU), per fixed threshold (no published AFP is
+    set beside them: none of the configured papers prints one for its own model)."""
+    rows, paper = [], bbox["compared_with"][ACC_AFP].split(" (")[0]
+    for variant in sorted(bbox[ACC_AFP], key=float):
+        for t in (f"{t:g}" for t in KIM_IOU_T):
+            s = bbox[ACC_AFP][variant]["iou"].get(t)
+            if s is None:
+                continue
+            ci = cis.get(variant, {}).get(f"afp_at_iou>{t}")
+            cells = f"{_f(s['afp_mean_over_classes'])} | {_f(s['afp_pooled'])} (pooled over image-class pairs)"
+            rows.append(f"| average FP at IoU > {t} | heatmap > {variant} | {cells} | "
+                        f"{_fci(ci['ci']) if ci else '—'} | — | — | {paper} |")  # fmt: skip
     return rows
 
 
@@ -130,8 +146,10 @@ def _loc_lines(run: dict[str, Any]) -> list[str]:
         f"- {ORACLE_NOTE}",
         *(f"- {key}: compared with {paper}" for key, paper in bbox["compared_with"].items()),
         "- 95% CI: patient-clustered bootstrap of the headline figure (accuracy at IoU: mean over classes, as "
-        "kim2021; best-box IoU: mean over boxes, as fang2021); '—' where the run has no saved predictions to find "
-        "the patients, and for the oracle.",
+        "kim2021; best-box IoU: mean over boxes, as fang2021; average FP: mean over classes of the FP per image "
+        "with a box of the class, as Wang et al. 2017, the (image, class) pairs resampled by patient); '—' where "
+        "the run has no saved predictions to find the patients (or, for AFP, its metrics.json predates the per-pair "
+        "FP counts: rerun launch/evaluate.py), and for the oracle.",
     ]
     if pub.get("note"):
         lines.append(f"- Published: {pub['note']}")

@@ -11,6 +11,7 @@ from typing import Any
 from cxrdist.eval.compare import _f, _fci, patients_of
 from cxrdist.eval.figures_ci import plot_forest, plot_roc_bands
 from cxrdist.eval.leaderboard import baseline_md, group_runs, leaderboard_md, per_class_md, published_mean
+from cxrdist.eval.localization import KIM_IOU_T
 from cxrdist.labels import LABELS
 
 
@@ -40,20 +41,26 @@ def forest_rows(groups: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+# The board's column heads: the figure and the paper it stands for.
+BOARD_NAMES = {f"{k}>{t:g}": f"{name}>{t:g}" for t in KIM_IOU_T
+               for k, name in (("acc_at_iou", "kim2021 acc@IoU"), ("afp_at_iou", "Wang AFP@IoU"))}  # fmt: skip
+BOARD_NAMES["best_box_iou"] = "fang2021 best-box IoU"
+
+
 def localization_board_md(runs: Sequence[dict[str, Any]]) -> list[str]:
     """Per run with bbox results: each fixed-threshold headline figure with its patient-bootstrap CI."""
-    rows = []
-    for r in runs:
-        for variant, figs in (r.get("loc_intervals") or {}).items():
-            cells = " | ".join(f"{_f(f['value'])} {_fci(f['ci'])}" for f in figs.values())
-            rows.append(f"| {r['label']} | heatmap > {variant} | {cells} |")
-    if not rows:
+    boards = [(r["label"], v, figs) for r in runs for v, figs in (r.get("loc_intervals") or {}).items()]
+    if not boards:
         return []
-    names = next(iter(next(r["loc_intervals"] for r in runs if r.get("loc_intervals")).values()))
-    head = "| run | binarisation | " + " | ".join(n.replace("acc_at_iou>", "kim2021 acc@IoU>").replace(
-        "best_box_iou", "fang2021 best-box IoU") for n in names) + " |"  # fmt: skip
+    names = list(dict.fromkeys(n for *_, figs in boards for n in figs))  # older runs lack the AFP columns: '—'
+    cell = lambda f: "—" if f is None else f"{_f(f['value'])} {_fci(f['ci'])}"  # noqa: E731
+    rows = [f"| {label} | heatmap > {v} | " + " | ".join(cell(figs.get(n)) for n in names) + " |"
+            for label, v, figs in boards]  # fmt: skip
+    head = "| run | binarisation | " + " | ".join(BOARD_NAMES.get(n, n) for n in names) + " |"
     return ["### Localization (bbox, fixed thresholds, 95% patient-bootstrap CIs)", "", head,
-            "|---" * (len(names) + 2) + "|", *rows, ""]  # fmt: skip
+            "|---" * (len(names) + 2) + "|", *rows, "",
+            "- Wang AFP@IoU>T: average false positives per image (lower is better), mean over classes.",
+            ""]  # fmt: skip
 
 
 def multi_run_lines(

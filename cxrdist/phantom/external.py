@@ -6,7 +6,8 @@ formats (CheXpert: ``train.csv``/``valid.csv`` + JPEG tree; MIMIC: the three ``m
 by the NIH phantom's ``draw_float`` with exactly the NIH classes their labels map to (``data/external/labelmap``),
 so a model trained on the NIH phantom transfers. Each study also has a lateral image (a plain drawing), some
 CheXpert/MIMIC labels are uncertain (-1, drawn or not at random) or blank, and PadChest rows carry findings that map
-to no class (and ones excluded from a class, e.g. "pseudonodule") and a few 'exclude' / blank-label rows.
+to no class (and ones excluded from a class, e.g. "pseudonodule"), a few 'exclude' / blank-label rows, and
+children and blank birth years (which the default ``--min-age`` leaves out).
 """
 
 from __future__ import annotations
@@ -167,6 +168,14 @@ def _padchest_findings(rng: np.random.Generator) -> list[str]:
     return found or ["normal"]
 
 
+def _birth(patient: int, adult: float) -> float | str:
+    """PatientBirth: a child born 2009..2013 (imaged 2015: left out by the default --min-age) for every 7th patient
+    from the 4th, blank for every 13th from the 10th (age unknown), else the adult year drawn."""
+    if patient % 7 == 3:
+        return float(2009 + patient % 5)
+    return "" if patient % 13 == 9 else adult
+
+
 def _padchest(out: Path, patients: int, size: int, seed: int, difficulty: float) -> dict[str, int]:
     rows = []
     for p in range(patients):
@@ -186,7 +195,7 @@ def _padchest(out: Path, patients: int, size: int, seed: int, difficulty: float)
                       "PNG16")  # fmt: skip
                 row = dict.fromkeys(PADCHEST_COLUMNS, "")
                 row |= {"ImageID": image, "ImageDir": folder, "StudyDate_DICOM": 20150101 + s, "StudyID": study,
-                        "PatientID": pid, "PatientBirth": float(rng.integers(1930, 2000)),
+                        "PatientID": pid, "PatientBirth": _birth(p, float(rng.integers(1930, 2000))),
                         "PatientSex_DICOM": ("M", "F")[p % 2], "Projection": proj, "Modality_DICOM": "CR",
                         "PhotometricInterpretation_DICOM": "MONOCHROME2", "BitsStored_DICOM": 12,
                         "Rows_DICOM": size, "Columns_DICOM": size, "MethodLabel": "Physician", "Labels": cell,

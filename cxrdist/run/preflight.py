@@ -22,6 +22,7 @@ from cxrdist.engine.stages import EvalStage, StageContext
 from cxrdist.log import Tracker
 from cxrdist.methods import get_method
 from cxrdist.models.backbones import ensure_imagenet_weights
+from cxrdist.run.external import check_external_dir, check_name
 
 logger = logging.getLogger(__name__)
 TRAIN_SPLITS = ("train", "val")
@@ -91,13 +92,23 @@ def check_run_dir(run_dir: Path, what: str = "evaluate") -> Path:
 
 
 def check_eval_request(
-    run_dir: Path, splits: list[str], stage: str | None, nproc: int, shards: str | None = None
+    run_dir: Path,
+    splits: list[str],
+    stage: str | None,
+    nproc: int,
+    shards: str | None = None,
+    name: str | None = None,
 ) -> Path:
     """``launch/evaluate.py``'s arguments: run dir, splits (known, and present in the run's shards or in
-    ``shards``, an external shard root, with samples), the stage whose model is evaluated (finished, its weights on
-    disk) and the process count. Returns the weights file."""
+    ``shards``, an external shard root, with samples), ``name`` (the external results' folder: a plain name, not
+    holding another shard set's results), the stage whose model is evaluated (finished, its weights on disk) and
+    the process count. Returns the weights file."""
     if nproc < 1:
         raise UsageError(f"--nproc must be ≥ 1, got {nproc}")
+    if name is not None:
+        if shards is None:
+            raise UsageError(f"--name {name}: names an external evaluation's folder; give --shards too")
+        check_name(name)
     check_run_dir(run_dir)
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
@@ -108,6 +119,7 @@ def check_eval_request(
         check_shard_root(cfg.data.root, splits)
     else:
         check_external_shards(shards, splits)
+        check_external_dir(Path(run_dir), shards, name)
     stages = get_method(cfg.method.name)(cfg).stages()
     ctx = StageContext(cfg=cfg, run_dir=Path(run_dir), env=DistEnv(), tracker=Tracker())
     ctx.stage_dirs = stage_dirs(Path(run_dir), stages)

@@ -19,7 +19,7 @@ from cxrdist.data.external.common import load_gray, window16
 from cxrdist.data.format import DataError
 from cxrdist.data.images import gray_from_pil
 from cxrdist.data.reader import ShardReader
-from cxrdist.data.shard_cli import write_main
+from cxrdist.data.shard_cli import config_from_args, write_main, writer_parser
 from cxrdist.data.verify import verify_dataset
 from cxrdist.data.writer import WriterConfig, write_dataset
 from cxrdist.labels import LABEL_INDEX, LABELS
@@ -195,6 +195,7 @@ BAD_ROWS = [
     ("mimic", "mimic-cxr-2.0.0-metadata.csv.gz", _set("subject_id", "p1"), "column 'subject_id': 'p1' is not an"),
     ("padchest", PADCHEST_CSV, _set("Labels", "pleural effusion"), "column 'Labels': 'pleural effusion' is not a list"),
     ("padchest", PADCHEST_CSV, _drop_column("Projection"), "missing column(s) 'Projection'"),
+    ("padchest", PADCHEST_CSV, _set("PatientBirth", "19x6"), "column 'PatientBirth': '19x6' is not a birth year"),
 ]
 
 
@@ -269,3 +270,32 @@ def test_window_choice_is_part_of_the_writer_config(phantoms: dict[str, Path], t
     assert len(hashes) == 2
     a, b = (ShardReader(tmp_path / w, "test") for w in ("max", "percentile"))
     assert a.keys == b.keys and a.jpeg(0) != b.jpeg(0)
+
+
+def test_padchest_children_are_a_counted_filter_by_default(phantoms: dict[str, Path], tmp_path: Path):
+    for name, kw in (("default", {}), ("all-ages", {"min_age": 0})):
+        _write(phantoms["padchest"], tmp_path / name, "padchest", **kw)
+    head = {n: json.loads((tmp_path / n / "_dataset.json").read_text()) for n in ("default", "all-ages")}
+    assert (head["default"]["config"]["min_age"], head["all-ages"]["config"]["min_age"]) == (10, 0)
+    assert head["default"]["config_hash"] != head["all-ages"]["config_hash"]
+    text = gzip.decompress((phantoms["padchest"] / PADCHEST_CSV).read_bytes()).decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+
+    def young(r: dict) -> bool:  # torchxrayvision's PC_Dataset keeps 2019 - PatientBirth > 10 (blank: dropped)
+        return not r["PatientBirth"] or 2019 - float(r["PatientBirth"]) <= 10
+
+    birth = {r["ImageID"][:-4]: r for r in rows}
+    keys = {n: set(ShardReader(tmp_path / n, "test").keys) for n in head}
+    gone = keys["all-ages"] - keys["default"]
+    assert keys["default"] < keys["all-ages"] and all(young(birth[k]) for k in gone)
+    assert not any(young(birth[k]) for k in keys["default"])
+    assert {birth[k]["PatientBirth"] == "" for k in gone} == {True, False}  # the phantom has both kinds
+    by_reason = head["default"]["filtered"]["by_reason"]
+    counted = {r: n for r, n in by_reason.items() if r.startswith(("pediatric", "PatientBirth blank"))}
+    labelled = [r for r in rows if young(r) and r["Labels"] not in ("", "['exclude']")]  # the earlier reasons win
+    assert sum(counted.values()) == len(labelled) > len(gone)  # laterals of children count as children
+    assert not any(r.startswith("pediatric") for r in head["all-ages"]["filtered"]["by_reason"])
+    args = ["--dataset", "padchest", "--root", "r", "--out", "o"]
+    assert config_from_args(writer_parser().parse_args(args)).min_age == 10  # the CLI default: torchxrayvision's
+    assert config_from_args(writer_parser().parse_args([*args, "--min-age", "0"])).min_age == 0
+    assert "min_age" not in WriterConfig(nih_root="r", out="o", dataset="chexpert").content_dict()

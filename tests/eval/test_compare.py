@@ -102,7 +102,10 @@ def test_leaderboard_groups_seeds_labels_by_path_and_tests_against_a_baseline(tm
     loc = md.split("### Localization (bbox, fixed thresholds, 95% patient-bootstrap CIs)")[1].split("###")[0]
     loc_rows = [r for r in loc.splitlines() if r.startswith("| other/")]
     assert [r.split("|")[2].strip() for r in loc_rows] == ["heatmap > 60", "heatmap > 180"]  # that run only
-    assert "fang2021 best-box IoU" in loc and loc_rows[0].count("[") == 4
+    assert "fang2021 best-box IoU" in loc and "Wang AFP@IoU>0.3" in loc and loc_rows[0].count("[") == 7
+    section = md.split("## other/method=chexnet,seed=0 ")[1].split("\n## ")[0]
+    afp = [r for r in section.splitlines() if r.startswith("| average FP at IoU > 0.5 | heatmap > 60 |")]
+    assert len(afp) == 1 and afp[0].split("|")[5].strip().startswith("[") and "Wang et al. 2017" in afp[0]
     paired = md.split("### Paired tests against the baseline")[1].split("\n## ")[0]
     assert "Baseline: **method=dcnn,seed=0**" in paired
     lines = [r for r in paired.splitlines() if r.startswith("| ") and "chexnet" in r]

@@ -82,7 +82,7 @@ def test_external_section_marks_absent_classes_and_shared_mean():
     assert "| **mean (shared 2)** | 0.8000 | 0.7000 |" in md
 
 
-def test_chexnet_from_the_nih_phantom_on_three_external_phantoms(shard_root: Path, tmp_path: Path, capsys):
+def test_chexnet_from_the_nih_phantom_on_three_external_phantoms(shard_root: Path, tmp_path: Path, capsys, monkeypatch):
     from cxrdist.run.launcher import submit
 
     run = tmp_path / "run"
@@ -109,7 +109,42 @@ def test_chexnet_from_the_nih_phantom_on_three_external_phantoms(shard_root: Pat
     assert "split(s) bbox hold no samples" in capsys.readouterr().err
     assert evaluate.main([str(run), "--shards", str(tmp_path / "none")]) == 2
     assert f"--shards {tmp_path / 'none'}: no such folder" in capsys.readouterr().err
+    _distinct_shard_sets_get_distinct_dirs(run, tmp_path, evaluate, capsys, monkeypatch)
     assert _script("report").main([str(run), "--out", str(tmp_path / "rep")]) == 0
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "### External validation (test AUROC)" in md and "| class | NIH test | chexpert | mimic | padchest |" in md
+    assert "### External validation (test AUROC)" in md
+    assert "| class | NIH test | chexpert | chexpert-32px | chexpert_uncertain-ones | mimic | padchest |" in md
     assert "| Infiltration |" in md and "| n/a | n/a |" in md
+
+
+def _distinct_shard_sets_get_distinct_dirs(run: Path, tmp: Path, evaluate, capsys, monkeypatch) -> None:
+    """CheXpert U-Ones beside U-Ignore; the same shard set again: the same dir; another set under a taken name:
+    refused (one line, nothing written) until --name; the W&B keys follow the dir's name."""
+    from cxrdist.log import Tracker
+    from cxrdist.run.preflight import check_eval_request
+
+    ext = run / "eval" / "external"
+    before = (ext / "chexpert" / "test" / "metrics.json").read_bytes()
+    prefixes: list[str] = []
+    monkeypatch.setattr(Tracker, "log", lambda self, metrics, step, prefix="run": prefixes.append(prefix))
+    write_dataset(WriterConfig(nih_root=str(tmp / "chexpert"), out=str(tmp / "ones"), size=48, dataset="chexpert",
+                               uncertain="ones"), progress=False)  # fmt: skip
+    assert evaluate.main([str(run), "--shards", str(tmp / "ones")]) == 0
+    m = json.loads((ext / "chexpert_uncertain-ones" / "test" / "metrics.json").read_text())
+    assert m["shards"] == str(tmp / "ones") and prefixes == ["eval/external/chexpert_uncertain-ones"]
+    assert (ext / "chexpert" / "test" / "metrics.json").read_bytes() == before
+    check_eval_request(run, ["test"], None, 1, str(tmp / "chexpert-s"))  # the same set again: its own dir, allowed
+    write_dataset(WriterConfig(nih_root=str(tmp / "chexpert"), out=str(tmp / "small"), size=32, dataset="chexpert"),
+                  progress=False)  # fmt: skip
+    capsys.readouterr()
+    assert evaluate.main([str(run), "--shards", str(tmp / "small")]) == 2
+    err = capsys.readouterr().err
+    assert f"{ext / 'chexpert'} holds the evaluation of another shard set ({tmp / 'chexpert-s'})" in err
+    assert "--name chexpert_size-32" in err and len(err.strip().splitlines()) == 1
+    assert (ext / "chexpert" / "test" / "metrics.json").read_bytes() == before
+    for bad, says in ((["--name", "../x"], "--name '../x': use 1-100 letters"), (["--name", "x"], "give --shards too")):
+        assert evaluate.main([str(run), *(["--shards", str(tmp / "small")] if "/" in bad[1] else []), *bad]) == 2
+        assert says in capsys.readouterr().err
+    assert sorted(p.name for p in ext.iterdir()) == ["chexpert", "chexpert_uncertain-ones", "mimic", "padchest"]
+    assert evaluate.main([str(run), "--shards", str(tmp / "small"), "--name", "chexpert-32px"]) == 0
+    assert prefixes[-1] == "eval/external/chexpert-32px" and (ext / "chexpert-32px" / "test" / "metrics.json").is_file()

@@ -4,7 +4,8 @@
 the release's folders (``ROOT/<ImageDir>/<ImageID>``) or flat (``ROOT/<ImageID>``). ``Labels`` is a list literal of
 finding names (``['pleural effusion', 'cardiomegaly']``); they map to the NIH classes through
 ``labelmap.PADCHEST_TERMS`` and are kept verbatim in each sample's JSON. PadChest has no official split: every image
-goes to ``test``. Frontal = ``Projection`` PA, AP or AP_horizontal (supine AP).
+goes to ``test``. Frontal = ``Projection`` PA, AP or AP_horizontal (supine AP). Pediatric images are left out
+by default as torchxrayvision's ``PC_Dataset`` does (``min_age``; see ``MIN_AGE``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from cxrdist.data.format import DataError
 LABELS_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 COLUMNS = ("ImageID", "ImageDir", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM", "Projection", "Labels")
 FRONTAL = ("PA", "AP", "AP_horizontal")
+# torchxrayvision's PC_Dataset keeps the rows with 2019 − PatientBirth > 10 ("Filter out age < 10 (paper published
+# 2019)"): the age is counted to the paper's year, not to StudyDate_DICOM, and a blank PatientBirth is dropped too.
+MIN_AGE = 10
+AGE_YEAR = 2019
 
 
 def parse_findings(cell: str, where: str) -> list[str] | None:
@@ -45,6 +50,27 @@ def _age(birth: str, study_date: str) -> int | None:
         return None
 
 
+def pediatric_reason(birth: str, min_age: int, where: str) -> str | None:
+    """The filter reason of a row whose ``PatientBirth`` makes it pediatric under ``min_age`` (torchxrayvision's rule:
+    ``AGE_YEAR`` − PatientBirth ≤ min_age, or PatientBirth blank), None to keep it; ``min_age`` 0 keeps every row.
+    A PatientBirth that is not a year is a one-line error naming ``where``."""
+    text = birth.strip()
+    blank = not text or text.lower() == "nan"
+    try:
+        year = None if blank else float(text)
+    except ValueError:
+        year = None
+    if not blank and year is None:
+        raise DataError(f"{where}: column 'PatientBirth': {birth!r} is not a birth year like 1946.0")
+    if min_age <= 0:
+        return None
+    if year is None:
+        return f"PatientBirth blank: age unknown (--min-age {min_age}; 0 keeps it)"
+    if AGE_YEAR - year <= min_age:
+        return f"pediatric: {AGE_YEAR} - PatientBirth <= {min_age} (--min-age {min_age}; 0 keeps it)"
+    return None
+
+
 def _image_path(root: Path, image_dir: str, image_id: str) -> str:
     folder = image_dir.strip()
     if folder and folder.lower() != "nan":
@@ -54,11 +80,14 @@ def _image_path(root: Path, image_dir: str, image_id: str) -> str:
     return image_id
 
 
-def plan(root: Path, *, views: str = "frontal", uncertain: str = "ignore") -> ExternalPlan:
-    """Read the labels CSV; blank ``Labels``, 'exclude'/'suboptimal study' and (by default) non-frontal images are
-    counted as filtered. ``uncertain`` does not apply (PadChest has no uncertain labels)."""
+def plan(root: Path, *, views: str = "frontal", uncertain: str = "ignore", min_age: int = MIN_AGE) -> ExternalPlan:
+    """Read the labels CSV; blank ``Labels``, 'exclude'/'suboptimal study', pediatric (``min_age``, 0: none) and (by
+    default) non-frontal images are counted as filtered, with that reason, in that order. ``uncertain`` does not
+    apply (PadChest has no uncertain labels)."""
     del uncertain
     check_views(views)
+    if min_age < 0:
+        raise ValueError(f"min_age must be ≥ 0 (0 keeps pediatric images), got {min_age}")
     path = find_source(root, LABELS_CSV)
     rows = []
     for line, row in read_csv(path, COLUMNS):
@@ -66,18 +95,21 @@ def plan(root: Path, *, views: str = "frontal", uncertain: str = "ignore") -> Ex
         image_id = row["ImageID"].strip()
         if not image_id.lower().endswith(".png") or "/" in image_id or "." in image_id[:-4]:
             raise DataError(f"{where}: column 'ImageID': {image_id!r} is not a PadChest PNG name")
-        rows.append((where, image_id, row, parse_findings(row["Labels"], where)))
+        young = pediatric_reason(row["PatientBirth"], min_age, where)
+        rows.append((where, image_id, row, parse_findings(row["Labels"], where), young))
     frontal = defaultdict(int)
-    for _, _, row, _ in rows:
+    for _, _, row, _, _ in rows:
         frontal[row["StudyID"]] += row["Projection"].strip() in FRONTAL
     recs, filtered, seen = [], [], set()
-    for where, image_id, row, findings in rows:
+    for where, image_id, row, findings, young in rows:
         proj = row["Projection"].strip()
         skip = None
         if not findings:  # blank/NaN, or a list without a finding (['']): not a negative, unlabelled
             skip = "Labels blank" if findings is None else "Labels lists no finding"
         elif any(f in PADCHEST_EXCLUDE for f in findings):
             skip = f"labelled {', '.join(f for f in findings if f in PADCHEST_EXCLUDE)!r}"
+        elif young:
+            skip = young
         elif views == "frontal" and proj not in FRONTAL:
             lone = "" if frontal[row["StudyID"]] else "; its study has no frontal image"
             skip = f"Projection {proj or '(blank)'} is not frontal (--views frontal){lone}"
