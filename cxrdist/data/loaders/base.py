@@ -49,6 +49,19 @@ def decode_gray(data: bytes, where: str) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
+def draw_geometry(
+    spec: LoaderSpec, src: tuple[int, int] | None, reader: ShardReader, index: int, position: int, epoch: int
+) -> SampleGeometry:
+    """The crop/flip of sample ``index`` at ``position`` of ``epoch`` (random only for training); ``src`` is the
+    stored size of every image (None: read from the sample's metadata).
+
+    A function of its arguments alone, so a DataLoader worker can draw it without holding the loader.
+    """
+    size = src or tuple(reader.meta(index)["size"])
+    rng = sample_rng(spec.seed, epoch, position) if spec.train else None
+    return sample_geometry(spec.ops, size, rng)
+
+
 @dataclass
 class LoaderSpec:
     """What a stage asks of a loader (built from the config by the engine)."""
@@ -130,9 +143,7 @@ class BaseLoader(ABC):
 
     def geometry(self, index: int, position: int, epoch: int) -> SampleGeometry:
         """The crop/flip of one sample (random only for training)."""
-        src = self._src or tuple(self.reader.meta(index)["size"])
-        rng = sample_rng(self.spec.seed, epoch, position) if self.spec.train else None
-        return sample_geometry(self.spec.ops, src, rng)
+        return draw_geometry(self.spec, self._src, self.reader, index, position, epoch)
 
     def _plan(self) -> tuple[int, list[tuple[np.ndarray, np.ndarray]]]:
         if self.sampler is not None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from cxrdist.data.format import DataError
-from cxrdist.data.loaders.base import BaseLoader, LoaderSpec, decode_gray
+from cxrdist.data.loaders.base import BaseLoader, LoaderSpec, decode_gray, draw_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +51,21 @@ class DaliLoader(BaseLoader):
         outs = {sample_geometry_out(self, i) for i in range(min(len(self.reader), 1))}
         self.out_size = outs.pop() if outs else 0
         self.nearest = any(op["op"] == "resize_nearest" for op in spec.ops)
+        self._pipe, self._pipe_done, self._pass = None, False, 0
+        self._feed = SimpleNamespace(it=iter(()))  # the pass being fed (its items), set before each pass
 
-    def _source(self, epoch: int, plan: list[tuple[np.ndarray, np.ndarray]]):
-        """The external_source callable: one planned batch per call, StopIteration at the end."""
-        it = iter(plan)
+    def _source(self):
+        """The external_source callable: the next batch of the pass in ``self._feed.it``, StopIteration at its end.
+
+        It holds the reader, spec and feed, not the loader: no reference cycle keeps the pipeline after the loader.
+        """
+        feed, reader, spec, src = self._feed, self.reader, self.spec, self._src
 
         def next_batch():
-            indices, positions = next(it)  # StopIteration ends the DALI epoch
+            epoch, indices, positions = next(feed.it)  # StopIteration ends the DALI epoch
             ids = indices.tolist()
-            jpegs = [np.frombuffer(self.reader.jpeg(i), dtype=np.uint8) for i in ids]
-            geoms = [self.geometry(i, p, epoch) for i, p in zip(ids, positions.tolist())]
+            jpegs = [np.frombuffer(reader.jpeg(i), dtype=np.uint8) for i in ids]
+            geoms = [draw_geometry(spec, src, reader, i, p, epoch) for i, p in zip(ids, positions.tolist())]
             # Dense (batch, ...) arrays, one per output: DALI takes each as a whole batch (no per-sample arrays)
             anchors = np.array([(g.x0, g.y0) for g in geoms], dtype=np.int32)
             shapes = np.array([(g.w, g.h) for g in geoms], dtype=np.int32)
@@ -90,35 +96,52 @@ class DaliLoader(BaseLoader):
             images = fn.resize(
                 images, size=[self.out_size, self.out_size], interp_type=interp, antialias=True, dtype=types.FLOAT
             )
-            images = fn.flip(images, horizontal=flip)
-            return fn.transpose(images, perm=[2, 0, 1]), index
+            # flip + HWC → CHW in one pass (no mean/std given: CMN's (x - 0) / 1 leaves the floats unchanged)
+            images = fn.crop_mirror_normalize(images, mirror=flip, output_layout="CHW", dtype=types.FLOAT)
+            return images, index
 
         p = pipe()
         p.build()
         return p
 
+    def _pipeline(self, epoch: int, plan: list[tuple[np.ndarray, np.ndarray]]):
+        """The loader's one pipeline, fed ``plan``: built once (a build costs about as much as decoding a few
+        batches), reset after a pass that was read to its end, built anew after one left part-way (it still holds
+        that pass's prefetched batches)."""
+        items = ((epoch, indices, positions) for indices, positions in plan)
+        if self._pipe is not None and self._pipe_done:
+            self._feed.it = items
+            self._pipe.reset()  # the previous pass ended (its source raised StopIteration): start the next one
+        else:
+            self._feed = SimpleNamespace(it=items)  # a fresh feed: nothing of a dropped pipeline can read it
+            self._pipe = self._build(self._source())
+        self._pipe_done = False
+        return self._pipe
+
     def _image_batches(self, epoch: int, plan: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[torch.Tensor]:
         if not plan:
             return
-        pipe = self._build(self._source(epoch, plan))
-        try:
-            for b, (indices, _) in enumerate(plan):
-                try:
-                    images, index = pipe.run()
-                except StopIteration:
-                    raise DataError(f"DALI pipeline ended after {b} of {len(plan)} batches") from None
-                except RuntimeError as e:
-                    raise self._explain(e, indices) from None
-                got = (
-                    np.asarray(index.as_cpu().as_array()).reshape(-1)
-                    if self.device_id is not None
-                    else np.asarray(index.as_array()).reshape(-1)
-                )
-                if not np.array_equal(got, indices):  # the pipeline must return batches in feed order
-                    raise RuntimeError(f"DALI returned samples {got[:4]}..., expected {indices[:4]}...")
-                yield _to_torch(images, self.device)
-        finally:
-            del pipe
+        pipe = self._pipeline(epoch, plan)
+        self._pass += 1
+        mine = self._pass
+        for b, (indices, _) in enumerate(plan):
+            if self._pass != mine:  # the pipeline now serves a newer pass
+                raise RuntimeError("one loader iterated twice at once; finish or drop one iteration first")
+            try:
+                images, index = pipe.run()
+            except StopIteration:
+                raise DataError(f"DALI pipeline ended after {b} of {len(plan)} batches") from None
+            except RuntimeError as e:
+                raise self._explain(e, indices) from None
+            got = (
+                np.asarray(index.as_cpu().as_array()).reshape(-1)
+                if self.device_id is not None
+                else np.asarray(index.as_array()).reshape(-1)
+            )
+            if not np.array_equal(got, indices):  # the pipeline must return batches in feed order
+                raise RuntimeError(f"DALI returned samples {got[:4]}..., expected {indices[:4]}...")
+            self._pipe_done = b == len(plan) - 1  # all read: the source has raised StopIteration (prefetch)
+            yield _to_torch(images, self.device)
 
     def _explain(self, err: RuntimeError, indices: np.ndarray) -> Exception:
         """Turn a DALI decode error into one naming the shard and key (by re-decoding the batch in Python)."""
