@@ -119,6 +119,19 @@ def test_deepspeed_single_process(shard_root: Path, tmp_path: Path):
     assert same(ref, got, atol=1e-6)
 
 
+def test_persistent_workers_train_like_no_workers(shard_root: Path, tmp_path: Path):
+    """Two epochs with validation through the torch loader's persistent workers (train and val loaders, each kept
+    across epochs) give the weights of workers=0 bit for bit."""
+    runs = {}
+    for w in (0, 2):
+        cfg = tiny_cfg(
+            shard_root, tmp_path / f"w{w}", "method.stages.train.max_steps_per_epoch=3", f"loader.workers={w}"
+        )
+        run_local(cfg, nproc=1, stages_fn=tiny_stages)
+        runs[w] = weights(tmp_path / f"w{w}")
+    assert same(runs[0], runs[2])
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_finished_stage_drops_resume_checkpoints(shard_root: Path, tmp_path: Path, keep: bool):
     """DONE stages never resume: ckpt/ goes once DONE.json is written (unless kept); best.pt/last.pt stay."""
