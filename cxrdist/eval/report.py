@@ -236,7 +236,15 @@ def write_report(
 ) -> Path:  # fmt: skip
     """Write ``out/report.md`` and ``out/report.png`` for the given runs (or folders of runs: a leaderboard with a
     forest plot when there are several, paired tests against ``baseline``); return the Markdown path."""
-    runs = load_runs(list(run_dirs), num_resamples, seed)
+    return write_runs_report(load_runs(list(run_dirs), num_resamples, seed), out, baseline, num_resamples, seed)
+
+
+def write_runs_report(
+    runs: list[dict[str, Any]], out: Path, baseline: Path | None = None, num_resamples: int = NUM_RESAMPLES,
+    seed: int = SEED,
+) -> Path:  # fmt: skip
+    """:func:`write_report` of runs already loaded (:func:`load_runs`); the runs gain ``vs_baseline`` (the paired
+    comparison with the baseline) where there is one. Returns the Markdown path."""
     out.mkdir(parents=True, exist_ok=True)
     phantom = (" — PHANTOM data (shards not written from the NIH release's label file: synthetic images; no "
                "number here compares with a paper)")  # fmt: skip

@@ -30,9 +30,10 @@ from cxrdist import cli
 from cxrdist.cli import UsageError
 from cxrdist.config import to_container
 from cxrdist.data.format import read_json
-from cxrdist.eval.report import write_report
+from cxrdist.eval.compare import NUM_RESAMPLES, SEED
+from cxrdist.eval.report import load_runs, write_runs_report
 from cxrdist.progress import follow
-from cxrdist.run import launcher, rundir
+from cxrdist.run import launcher, report_wandb, rundir
 from cxrdist.run.job import Job
 from cxrdist.run.prepare import _check_saved_config, prepare_run
 
@@ -207,8 +208,15 @@ def wait_sweep(out: dict[str, Any]) -> list[str]:
 
 
 def leaderboard(root: str | Path) -> Path:
-    """The sweep's report (leaderboard, forest plot) in ``ROOT/report``."""
-    return write_report([Path(root)], Path(root) / "report")
+    """The sweep's report (leaderboard, forest plot) in ``ROOT/report``; to W&B too when its runs logged there,
+    as the same run ``launch/report.py ROOT`` would log (report_wandb.py)."""
+    runs, out = load_runs([Path(root)]), Path(root) / "report"
+    md = write_runs_report(runs, out)
+    if report_wandb.wanted(runs, None):
+        run_id = report_wandb.report_run_id([r["dir"] for r in runs], None, NUM_RESAMPLES, SEED)
+        logged = report_wandb.log_report(runs, out, run_id)
+        logger.info("the sweep's leaderboard in W&B run %s: %s", run_id, logged.folder)
+    return md
 
 
 def print_sweep(out: dict[str, Any]) -> int:

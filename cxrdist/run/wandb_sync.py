@@ -191,9 +191,9 @@ def plan(run_dir: str | Path) -> Plan:
 
 
 @contextlib.contextmanager
-def _wandb_env(run_dir: Path, build_dir: Path):
-    """W&B's directories inside the run dir (the build goes to ``build_dir``), offline; restored afterwards."""
-    env = wandb_environment(run_dir) | {"WANDB_DIR": str(build_dir), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+def wandb_env(run_dir: Path, build_dir: Path, mode: str = "offline"):
+    """W&B's directories inside ``run_dir`` (the build goes to ``build_dir``), in ``mode``; restored afterwards."""
+    env = wandb_environment(run_dir) | {"WANDB_DIR": str(build_dir), "WANDB_MODE": mode, "WANDB_SILENT": "true"}
     saved = {k: os.environ.get(k) for k in env}
     for k, v in env.items():
         if k not in ("WANDB_MODE", "WANDB_SILENT"):
@@ -215,7 +215,7 @@ def _build(run_dir: Path, p: Plan, build_dir: Path) -> None:
 
     cfg = p.config
     world = next((a["world_size"] for a in reversed(p.attempts) if a.get("world_size")), None)
-    with _wandb_env(run_dir, build_dir):
+    with wandb_env(run_dir, build_dir):
         run = wandb.init(
             project=cfg.get("logger", {}).get("project") or "cxrdist",
             entity=cfg.get("logger", {}).get("entity"),

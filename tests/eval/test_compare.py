@@ -3,7 +3,6 @@ saved predictions (no training)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import yaml
 
-from cxrdist.config import compose, to_container
 from cxrdist.eval.bootstrap import bootstrap_class_means
 from cxrdist.eval.classification import auroc_per_class
 from cxrdist.eval.compare import (
@@ -22,63 +20,18 @@ from cxrdist.eval.compare import (
     patients_of,
 )
 from cxrdist.eval.leaderboard import find_runs, group_runs, run_labels
-from cxrdist.eval.localization import evaluate_localization
 from cxrdist.eval.report import load_runs, write_report
-from cxrdist.eval.schema import METRICS_SCHEMA
-
-REPO = Path(__file__).resolve().parents[2]
-N, PATIENTS = 120, 40
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"launch_{name}", REPO / "launch" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    rng = np.random.default_rng(123)  # the same test set for every run
-    labels = (rng.random((N, 14)) > 0.75).astype(np.uint8)
-    pids = rng.integers(0, PATIENTS, N)
-    keys = [f"{p:08d}_{i:03d}" for i, p in enumerate(pids)]
-    return labels, pids, keys
-
-
-def _fake_run(
-    run: Path, shards: Path, method: str, seed: int, signal: float, *, patients: bool = True, bbox: int = 0
-) -> Path:  # fmt: skip
-    cfg = to_container(compose([f"method={method}", f"data.root={shards}", f"seed={seed}"])) | {"run_dir": str(run)}
-    (run / "eval" / "test").mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    labels, pids, keys = _data()
-    logits = labels * signal + np.random.default_rng(seed).normal(size=labels.shape)
-    extra = {"patient_ids": pids} if patients else {}
-    np.savez(run / "eval" / "test" / "predictions.npz", keys=np.array(keys), logits=logits, labels=labels, **extra)
-    auroc = auroc_per_class(labels, logits)
-    test = {"schema_version": METRICS_SCHEMA, "split": "test", "num_samples": N, "auroc": auroc}
-    (run / "eval" / "test" / "metrics.json").write_text(json.dumps(test))
-    if bbox:  # localization results of heatmaps off the boxes by up to `bbox` pixels, and the bbox predictions
-        loc, patient = _loc(bbox)
-        (run / "eval" / "bbox").mkdir()
-        (run / "eval" / "bbox" / "metrics.json").write_text(
-            json.dumps({"schema_version": METRICS_SCHEMA, "localization": loc})
-        )
-        keys = sorted(patient)
-        np.savez(run / "eval" / "bbox" / "predictions.npz", keys=np.array(keys), patient_ids=[patient[k] for k in keys],
-                 logits=np.zeros((30, 14)), labels=np.zeros((30, 14), np.uint8))  # fmt: skip
-    return run
+from testkit.eval_runs import PATIENTS, fake_shards
+from testkit.eval_runs import fake_eval_run as _fake_run
+from testkit.eval_runs import fake_localization as _loc
+from testkit.eval_runs import fixed_test_set as _data
+from testkit.eval_runs import script as _script
 
 
 @pytest.fixture
 def shards(tmp_path: Path) -> Path:
     """A fake shard root written from a phantom (its label file is not the release's)."""
-    root = tmp_path / "shards"
-    root.mkdir()
-    writer = {"split_scheme": "official", "size": 64}
-    sources = {"Data_Entry_2017_v2020.csv": "0" * 64}
-    (root / "_dataset.json").write_text(json.dumps({"config": writer, "sources": sources}))
-    return root
+    return fake_shards(tmp_path / "shards")
 
 
 def test_leaderboard_groups_seeds_labels_by_path_and_tests_against_a_baseline(tmp_path: Path, shards: Path):
@@ -157,21 +110,6 @@ def test_identical_runs_compare_to_zero_with_p_1():
     c = paired_comparison(labels, scores, scores, pids, num_resamples=100)
     assert c["mean"]["delta"] == 0 and c["mean"]["p"] == 1
     assert all(r["delta"] == 0 and r["p"] == 1 and r["p_holm"] == 1 for r in c["per_class"].values())
-
-
-def _loc(spread: int) -> tuple[dict, dict]:
-    """30 boxes of 3 classes on 10 patients; heatmaps off the box by up to ``spread`` pixels."""
-    rng = np.random.default_rng(0)
-    heat, boxes, patient = {}, [], {}
-    for i in range(30):
-        key, c = f"k{i}", i % 3
-        hm = np.zeros((32, 32), np.float32)
-        x = int(rng.integers(0, spread + 1))
-        hm[x : x + 10, x : x + 10] = 1.0
-        heat[(key, c)] = hm
-        boxes.append({"key": key, "class_idx": c, "x": 4, "y": 4, "w": 10, "h": 10})
-        patient[key] = i // 3
-    return evaluate_localization(heat, boxes, orig_size=32, compare_size=32, thresholds=[60, 180]), patient
 
 
 def test_paired_localization_identical_and_worse():

@@ -18,15 +18,9 @@ from cxrdist.eval.tracker_tables import BBOX_COLUMNS, ROC_COLUMNS, bbox_image_ro
 from cxrdist.labels import LABEL_INDEX
 from cxrdist.log import build_tracker, read_metrics
 from cxrdist.run import rundir, wandb_sync
+from testkit.wandb_offline import leet
 
 REPO = Path(__file__).parents[2]
-
-
-def leet(folder: Path, summary: bool = False) -> list[dict] | dict:
-    """wandb's reader of an offline run: its records (one dict each), or with ``summary`` its state and summary."""
-    cmd = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", *(["--summary"] if summary else []), str(folder)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
-    return json.loads(out) if summary else [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def scalar_history(records: list[dict]) -> list[dict]:
