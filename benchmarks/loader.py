@@ -12,7 +12,9 @@ reaped child, i.e. a DataLoader worker; forked workers share the parent's pages,
 One warm-up batch is excluded from the timing (``--warm-epoch``: a whole epoch first), then ``--epochs`` epochs
 are timed (one-off start-up in them: the torch loader's persistent workers are forked and DALI's one pipeline is
 built on the first pass, then reused). Loaders are interleaved ``--repeat`` times; medians. ``--threads N`` sets
-the loader process's intra-op threads (the main process's normalisation; workers always run one thread).
+the loader process's intra-op threads (the main process's normalisation; workers always run one thread);
+``--resample uint8`` runs (a) and (b) with the opt-in 8-bit resampling (``loader.resample=uint8``: (d)'s own
+PIL resize in the torch loader, uint8 batches normalised after the hand-over).
 
 (d) is the bare limit of one core for the same work (``benchmarks/bare.py``: read at the ``.idx`` offset, PIL
 decode, crop + resize in PIL, flip, numpy normalise to 3 channels, one thread, no framework) and (e) the
@@ -127,7 +129,7 @@ def child(args: argparse.Namespace) -> None:
         loader = _baseline_loader(args, ShardReader(args.shards, "train").keys)
     else:
         spec = LoaderSpec(root=str(args.shards), split="train", train=True, batch_per_rank=args.batch, ops=TRAIN_OPS,
-                          normalize="imagenet", channels=3, workers=args.workers)  # fmt: skip
+                          normalize="imagenet", channels=3, workers=args.workers, resample=args.resample)  # fmt: skip
         backend = "dali" if args.child == "a" else "torch"
         loader = build_loader(backend, spec, device=torch.device("cpu"), dali_threads=args.workers)
     if args.warm_epoch:  # a whole untimed epoch first: one-off start-up (DALI's first pipeline, lazy imports) left out
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per loader run")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per loader (medians reported)")
+    parser.add_argument("--resample", choices=("float", "uint8"), default="float",
+                        help="(a), (b): loader.resample (float: the exact default)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads of the loader process (0: torch's)")
     parser.add_argument("--warm-epoch", action="store_true", help="an untimed epoch before the warm-up batch")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="(d), (e): time at least this long")
@@ -221,13 +225,13 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"train split: {n_train} images; batch {args.batch}, {args.workers} workers/threads, {args.epochs} timed "
         f"epochs after {'1 untimed epoch + ' if args.warm_epoch else ''}1 warm-up batch; "
-        f"intra-op threads {args.threads or 'torch default'}; baseline reads "
+        f"intra-op threads {args.threads or 'torch default'}; loaders resample in {args.resample}; baseline reads "
         f"{args.size}² PNGs, shards hold {args.shard_size}² JPEGs"
     )
     common = ["--batch", str(args.batch), "--workers", str(args.workers), "--epochs", str(args.epochs)]
     common += ["--shard-size", str(args.shard_size), "--min-seconds", str(args.min_seconds)]
     common += ["--warm-epoch"] if args.warm_epoch else []
-    common += ["--threads", str(args.threads)]
+    common += ["--threads", str(args.threads), "--resample", args.resample]
     common += ["--phantom", str(phantom), "--shards", str(shards)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     runs: dict[str, list[dict]] = {k: [] for k in KINDS}

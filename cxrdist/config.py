@@ -40,6 +40,9 @@ class LoaderConfig:
     workers: int = 2  # torch DataLoader workers
     dali_threads: int = 2
     eval_batch_per_rank: int = 32
+    # float (default, exact): resample the crop in float32; uint8: resample in 8 bit (PIL / DALI), faster, up to
+    # ~1 grey level from float, and batches leave the loader as uint8 (normalised on the device). Changes results.
+    resample: str = "float"
 
 
 @dataclass
@@ -296,6 +299,7 @@ def diff_configs(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return out
 
 
+RESAMPLE = ("float", "uint8")  # loader.resample (see LoaderConfig)
 # (key, lowest allowed value, whether the bound itself is allowed): values no run can use.
 _BOUNDS = (
     ("loader.workers", 0, True),
@@ -333,6 +337,8 @@ def validate_config(cfg: DictConfig) -> None:
     checks = [(key, lo, inclusive) for key, lo, inclusive in _BOUNDS]
     for name in cfg.method.stages:
         checks += [(f"method.stages.{name}.{key}", lo, inclusive) for key, lo, inclusive in _RECIPE_BOUNDS]
+    if cfg.loader.resample not in RESAMPLE:
+        raise ValueError(f"loader.resample={cfg.loader.resample!r}: choose one of {', '.join(RESAMPLE)}")
     for key, lo, inclusive in checks:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is None or value == MISSING:  # optional (max_steps_per_epoch) or unset (reported elsewhere)

@@ -12,12 +12,14 @@ the batch's device, for both loaders.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 GEOMETRIC_OPS = ("resize", "resize_nearest", "center_crop", "random_resized_crop", "random_translate_crop", "hflip")
 NORMALIZATIONS = ("imagenet", "imagenet_mean", "minus_one_one", "unit", "none")
@@ -133,6 +135,22 @@ def apply_geometry_torch(img: torch.Tensor, g: SampleGeometry) -> torch.Tensor:
             )
     crop = crop[0]
     return crop.flip(-1) if g.flip else crop
+
+
+def apply_geometry_pil(data: bytes, g: SampleGeometry) -> np.ndarray:
+    """Decode one grey JPEG, crop, resample in 8 bit with PIL and flip: uint8 (out, out) (``resample="uint8"``).
+
+    PIL's antialiased bilinear (nearest for ``resize_nearest``) on the crop, as :func:`apply_geometry_torch` does in
+    float32; PIL's fixed-point filter and its rounding to 8 bit put the result within ~1 grey level of the float one.
+    """
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("L").crop((g.x0, g.y0, g.x0 + g.w, g.y0 + g.h))
+    if im.size != (g.out, g.out):
+        filt = Image.Resampling.NEAREST if g.nearest else Image.Resampling.BILINEAR
+        im = im.resize((g.out, g.out), filt)
+    if g.flip:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.array(im)  # a writable copy: torch.from_numpy warns on PIL's read-only buffer
 
 
 def normalize_batch(x: torch.Tensor, normalize: str, channels: int) -> torch.Tensor:

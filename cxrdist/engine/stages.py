@@ -82,6 +82,7 @@ class StageContext:
             channels=transforms.channels,
             seed=self.cfg.seed,
             workers=self.cfg.loader.workers,
+            resample=self.cfg.loader.resample,
             max_steps=max_steps,
             expected_config_hash=self.cfg.data.expected_config_hash,
             **extras,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cxrdist.data.format import DataError
 from cxrdist.data.loaders.base import LoaderSpec
@@ -16,6 +18,7 @@ from cxrdist.data.loaders.factory import build_loader
 from cxrdist.data.reader import ShardReader
 from cxrdist.data.sampler import TrainSampler
 from cxrdist.data.sidecar import create_sidecar, mark_filled, write_key_list, write_rows
+from cxrdist.data.transforms import normalize_batch
 
 TRAIN_OPS = [{"op": "resize", "size": 48}, {"op": "random_resized_crop", "size": 32}, {"op": "hflip"}]
 EVAL_OPS = [{"op": "resize", "size": 40}, {"op": "center_crop", "size": 32}]
@@ -168,6 +171,28 @@ def test_dali_equals_torch_train_geometry(shard_root: Path):
     diff = torch.cat([(a[1] - b[1]).abs().flatten() for a, b in zip(ref, got)])
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(ref, got))
     assert diff.max() < 3 / 255 / 0.226 and diff.mean() < 0.5 / 255 / 0.226
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uint8_resample_is_opt_in_and_close(shard_root: Path, backend: str):
+    """``resample="uint8"`` (opt-in): the same samples, each within 3 grey levels (0.5 on average) of the exact float
+    path; the torch loader's 8-bit batch is PIL's own resize of the window, bit for bit; a bad value is refused."""
+    ref = run_epoch(build_loader("torch", spec(shard_root)))
+    loader = build_loader(backend, spec(shard_root, resample="uint8"))
+    got = run_epoch(loader)
+    grey = 1 / 255 / 0.226
+    assert [a[0].tolist() for a in ref] == [b[0].tolist() for b in got]
+    diff = torch.cat([(a[1] - b[1]).abs().flatten() for a, b in zip(ref, got)])
+    assert 0 < diff.max() < 3 * grey and diff.mean() < 0.5 * grey
+    if backend == "torch":
+        i, p = int(got[0][0][0]), 0
+        g = loader.geometry(i, p, 0)
+        with Image.open(io.BytesIO(loader.reader.jpeg(i))) as im:
+            pil = im.crop((g.x0, g.y0, g.x0 + g.w, g.y0 + g.h)).resize((g.out, g.out), Image.Resampling.BILINEAR)
+        pil = torch.from_numpy(np.array(pil.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if g.flip else pil))
+        assert torch.equal(got[0][1][0], normalize_batch(pil.float()[None, None], "imagenet", 3)[0])
+    with pytest.raises(ValueError, match="resample 'int8'"):
+        build_loader(backend, spec(shard_root, resample="int8"))
 
 
 def test_oversampled_key_list(shard_root: Path, tmp_path: Path):

@@ -30,6 +30,14 @@ def test_every_infra_option_composes(group: str):
         assert compose([f"{group}={opt}", "data.root=/x"])[group] is not None
 
 
+def test_loader_resample_choices():
+    """loader.resample: float is the exact default, uint8 the opt-in; anything else is one line naming the key."""
+    assert compose(["data.root=/x"]).loader.resample == "float"
+    validate_config(compose(["method=chexnet", "data.root=/x", "loader.resample=uint8"]))
+    with pytest.raises(ValueError, match="loader.resample='int8': choose one of float, uint8"):
+        validate_config(compose(["method=chexnet", "data.root=/x", "loader.resample=int8"]))
+
+
 def test_unknown_option_lists_choices():
     with pytest.raises(ValueError, match="unknown method option 'nope'; choose one of .*chexnet"):
         compose(["method=nope"])

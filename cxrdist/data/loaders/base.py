@@ -37,6 +37,7 @@ from cxrdist.data.transforms import (
 )
 
 logger = logging.getLogger(__name__)
+RESAMPLE = ("float", "uint8")  # LoaderSpec.resample
 
 
 def decode_gray(data: bytes, where: str) -> torch.Tensor:
@@ -83,6 +84,9 @@ class LoaderSpec:
     sidecars: dict[str, str] = field(default_factory=dict)
     expected_config_hash: str | None = None
     max_steps: int | None = None  # training: cap on optimizer steps per epoch (smoke runs)
+    # "float": the crop is resampled in float32 (exact, the default); "uint8": in 8 bit (PIL in the torch loader,
+    # DALI's uint8 resize), up to ~1 grey level from float, and the batch stays uint8 until it is on the device
+    resample: str = "float"
 
 
 class BaseLoader(ABC):
@@ -90,6 +94,8 @@ class BaseLoader(ABC):
 
     def __init__(self, spec: LoaderSpec, *, world_size: int = 1, rank: int = 0, device: torch.device | None = None):
         validate_ops(spec.ops, where=f"transform ({spec.split})")
+        if spec.resample not in RESAMPLE:
+            raise ValueError(f"loader resample {spec.resample!r}: choose one of {', '.join(RESAMPLE)}")
         self.spec, self.world_size, self.rank = spec, world_size, rank
         self.device = device or torch.device("cpu")
         self.reader = ShardReader(spec.root, spec.split, spec.expected_config_hash)
@@ -155,13 +161,13 @@ class BaseLoader(ABC):
 
     @abstractmethod
     def _image_batches(self, epoch: int, plan: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[torch.Tensor]:
-        """Yield (B, 1, H, W) float images in [0, 255] for each planned (indices, positions) batch."""
+        """Yield (B, 1, H, W) images in [0, 255] for each planned (indices, positions) batch: float32, or uint8
+        with ``resample="uint8"``."""
 
     def _join(self, images: torch.Tensor, indices: np.ndarray, positions: np.ndarray, epoch: int) -> dict[str, Any]:
+        images = images.to(self.device, non_blocking=True)  # uint8 batches cross to the device at 1 byte a pixel
         batch: dict[str, Any] = {
-            "image": normalize_batch(
-                images.to(self.device, non_blocking=True), self.spec.normalize, self.spec.channels
-            ),
+            "image": normalize_batch(images.float(), self.spec.normalize, self.spec.channels),
             "labels": torch.from_numpy(self.reader.labels[indices].astype(np.float32)).to(self.device),
             "index": torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.device),
         }

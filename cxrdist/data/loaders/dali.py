@@ -93,11 +93,12 @@ class DaliLoader(BaseLoader):
             images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.GRAY)
             images = fn.slice(images, start=anchor, shape=shape, axis_names="WH")
             interp = types.INTERP_NN if self.nearest else types.INTERP_LINEAR
+            dtype = types.UINT8 if self.spec.resample == "uint8" else types.FLOAT  # uint8: resampled in 8 bit
             images = fn.resize(
-                images, size=[self.out_size, self.out_size], interp_type=interp, antialias=True, dtype=types.FLOAT
+                images, size=[self.out_size, self.out_size], interp_type=interp, antialias=True, dtype=dtype
             )
-            # flip + HWC → CHW in one pass (no mean/std given: CMN's (x - 0) / 1 leaves the floats unchanged)
-            images = fn.crop_mirror_normalize(images, mirror=flip, output_layout="CHW", dtype=types.FLOAT)
+            # flip + HWC → CHW in one pass (no mean/std given: CMN's (x - 0) / 1 leaves the values unchanged)
+            images = fn.crop_mirror_normalize(images, mirror=flip, output_layout="CHW", dtype=dtype)
             return images, index
 
         p = pipe()
@@ -141,7 +142,7 @@ class DaliLoader(BaseLoader):
             if not np.array_equal(got, indices):  # the pipeline must return batches in feed order
                 raise RuntimeError(f"DALI returned samples {got[:4]}..., expected {indices[:4]}...")
             self._pipe_done = b == len(plan) - 1  # all read: the source has raised StopIteration (prefetch)
-            yield _to_torch(images, self.device)
+            yield _to_torch(images, self.device, uint8=self.spec.resample == "uint8")
 
     def _explain(self, err: RuntimeError, indices: np.ndarray) -> Exception:
         """Turn a DALI decode error into one naming the shard and key (by re-decoding the batch in Python)."""
@@ -161,13 +162,13 @@ def sample_geometry_out(loader: BaseLoader, index: int) -> int:
     return loader.geometry(index, 0, 0).out
 
 
-def _to_torch(tl, device: torch.device) -> torch.Tensor:
+def _to_torch(tl, device: torch.device, uint8: bool = False) -> torch.Tensor:
     """A DALI TensorList (uniform shapes) → torch tensor on ``device`` (zero-copy into a CUDA tensor on GPU)."""
     if device.type == "cuda":
         from nvidia.dali.plugin.pytorch import feed_ndarray  # optional heavy dependency: DALI (see above)
 
         t = tl.as_tensor()
-        out = torch.empty(t.shape(), dtype=torch.float32, device=device)
+        out = torch.empty(t.shape(), dtype=torch.uint8 if uint8 else torch.float32, device=device)
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device))
         return out
     return torch.from_numpy(np.asarray(tl.as_array()))

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from cxrdist.data.format import DataError
 from cxrdist.data.loaders.base import BaseLoader, LoaderSpec, decode_gray, draw_geometry
 from cxrdist.data.reader import ShardReader
-from cxrdist.data.transforms import apply_geometry_torch
+from cxrdist.data.transforms import SampleGeometry, apply_geometry_pil, apply_geometry_torch
 
 # What a worker is handed: (epoch, global indices, positions in the epoch) of one batch
 Item = tuple[int, np.ndarray, np.ndarray]
@@ -42,9 +43,22 @@ class _BatchDataset(Dataset):
         epoch, indices, positions = item
         reader, out = self.reader, []
         for i, p in zip(indices.tolist(), positions.tolist()):
-            img = decode_gray(reader.jpeg(i), reader.where(i))
-            out.append(apply_geometry_torch(img, draw_geometry(self.spec, self.src, reader, i, p, epoch)))
+            g = draw_geometry(self.spec, self.src, reader, i, p, epoch)
+            if self.spec.resample == "uint8":
+                out.append(torch.from_numpy(_pil_8bit(reader, i, g))[None])
+            else:
+                out.append(apply_geometry_torch(decode_gray(reader.jpeg(i), reader.where(i)), g))
         return default_collate(out)  # torch.stack, into shared memory when in a worker
+
+
+def _pil_8bit(reader: ShardReader, index: int, g: SampleGeometry) -> np.ndarray:
+    """``resample="uint8"``: the sample through :func:`apply_geometry_pil`; an undecodable one names its key."""
+    try:
+        return apply_geometry_pil(reader.jpeg(index), g)
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt data (as decode_gray)
+        raise DataError(f"{reader.where(index)}: undecodable JPEG: {type(e).__name__}: {e}") from None
 
 
 class _Feed:
