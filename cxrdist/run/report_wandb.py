@@ -32,7 +32,7 @@ from cxrdist import wandb_run
 from cxrdist.eval.leaderboard import group_runs, published_mean
 from cxrdist.eval.localization import ORACLE
 from cxrdist.labels import LABELS
-from cxrdist.log import wandb_environment
+from cxrdist.log import drop_inherited_wandb_service, wandb_environment
 from cxrdist.run.wandb_sync import wandb_env
 
 logger = logging.getLogger(__name__)
@@ -170,6 +170,7 @@ def _build(
     images: dict[str, Path], summary: dict[str, Any],
 ) -> None:  # fmt: skip
     """Write the report's run under ``build`` (``where``: its W&B project and entity)."""
+    drop_inherited_wandb_service()  # a service of the shell/notebook that started us would hold the run (log.py)
     import wandb  # optional heavy dependency: a report without W&B never imports it
 
     with wandb_env(out, build, mode):
