@@ -63,3 +63,21 @@ def test_report_logs_one_wandb_run_and_rerunning_it_adds_none(tmp_path: Path, mo
 def test_the_report_logs_to_wandb_as_its_runs_did_unless_told(backends, flag, want):
     runs = [{"cfg": {"logger": {"backend": b}}} for b in backends]
     assert report_wandb.wanted(runs, flag) is want
+
+
+def test_a_wandb_failure_or_disabled_wandb_keeps_the_report_and_leaves_no_half_run(tmp_path: Path, monkeypatch, caplog):
+    out = tmp_path / "board"
+    out.mkdir()
+    (out / "report.md").write_text("# cxrdist report\n")
+
+    def broken(*args, **kwargs):
+        (args[0] / "wandb").mkdir(parents=True)  # W&B had started writing when it failed
+        raise RuntimeError("network down")
+
+    monkeypatch.setattr(report_wandb, "_build", broken)
+    logged = report_wandb.log_report([], out, "report-x")
+    assert logged.folder is None and not logged.built and "network down" in caplog.text
+    assert [p.name for p in (out / "wandb").iterdir() if p.name.startswith(".") or p.name == "report"] == []
+    assert (out / "report.md").is_file()
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert report_wandb.log_report([], out, "report-x").folder is None
