@@ -302,6 +302,10 @@ def comparison_table_md(cmp: Mapping[str, Any], name_a: str, name_b: str) -> str
         f"in both. Per class: DeLong's test for two correlated AUROCs, p adjusted across classes by Holm. Mean: "
         f"paired patient bootstrap of the difference ({cmp['num_resamples']} resamples, seed {cmp['seed']}).",
     ]
+    if cmp.get("external"):  # cxrdist.eval.external.masked_paired_comparison
+        lines.append(f"- External set {cmp['external']} ({cmp.get('shards', '?')}): each class on the images that "
+                     f"annotate it only (label_mask); {cmp.get('patients', '')}. n/a: not annotated in this set "
+                     f"({', '.join(cmp.get('not_annotated', [])) or 'none'}).")  # fmt: skip
     lines += [f"- {name}: {r['note']}" for name, r in cmp["per_class"].items() if r["note"]]
     lines += [f"- {w}" for w in cmp["warnings"]]
     if cmp.get("localization"):

@@ -28,6 +28,7 @@ from cxrdist.eval.compare import (
     paired_localization,
     patients_of,
 )
+from cxrdist.eval.external import masked_paired_comparison
 from cxrdist.eval.stats import align_keys
 
 # Keys left out when grouping runs into one entry: the seed (what a group varies) and what cannot change results.
@@ -183,19 +184,25 @@ def per_class_md(groups: Sequence[dict[str, Any]], class_names: Sequence[str]) -
     return lines
 
 
+def _aligned(a: dict[str, Any], b: dict[str, Any], pa: dict[str, np.ndarray], pb: dict[str, np.ndarray],
+             what: str = "test set") -> np.ndarray:  # fmt: skip
+    """B's rows in A's order; the same keys with the same labels (and label masks) are required (one line)."""
+    idx = align_keys(pa["keys"].tolist(), pb["keys"].tolist(), names=(a["label"], b["label"]))
+    for field, differs in (("labels", "other labels"), ("label_mask", "other annotated classes (label_mask)")):
+        if field in pa and field in pb and not np.array_equal(pa[field], pb[field][idx]):
+            bad = int(np.flatnonzero((pa[field] != pb[field][idx]).any(axis=1))[0])
+            raise ValueError(f"{a['label']} and {b['label']}: image {pa['keys'][bad]} has {differs} in the two runs; "
+                             f"a paired test needs the same {what} (same shards)")  # fmt: skip
+    return idx
+
+
 def compare_runs(a: dict[str, Any], b: dict[str, Any], num_resamples: int, seed: int) -> dict[str, Any]:
     """The paired comparison of two runs' test predictions; the same keys with the same labels are required."""
     pa, pb = a.get("pred"), b.get("pred")
     for run, pred in ((a, pa), (b, pb)):
         if pred is None:
             raise FileNotFoundError(f"{run['dir']}: no predictions.npz beside {run['metrics']['test']['path']}")
-    idx = align_keys(pa["keys"].tolist(), pb["keys"].tolist(), names=(a["label"], b["label"]))
-    if not np.array_equal(pa["labels"], pb["labels"][idx]):
-        bad = int(np.flatnonzero((pa["labels"] != pb["labels"][idx]).any(axis=1))[0])
-        raise ValueError(
-            f"{a['label']} and {b['label']}: image {pa['keys'][bad]} has other labels in the two runs; "
-            "a paired test needs the same test set (same shards)"
-        )
+    idx = _aligned(a, b, pa, pb)
     pids, _ = _patients(pa)
     out = paired_comparison(pa["labels"], pa["logits"], pb["logits"][idx], pids, num_resamples, seed)
     loc_a, loc_b = (r["metrics"].get("bbox", {}).get("localization") for r in (a, b))
@@ -204,6 +211,37 @@ def compare_runs(a: dict[str, Any], b: dict[str, Any], num_resamples: int, seed:
         by_key = dict(zip(bbox_pred["keys"].tolist(), _patients(bbox_pred)[0].tolist()))
         out["localization"] = paired_localization(loc_a, loc_b, by_key, num_resamples, seed)
     return out
+
+
+def external_predictions(run: dict[str, Any], name: str) -> dict[str, np.ndarray]:
+    """The saved predictions of ``run`` on the external set ``name`` (``RUN/eval/external/<name>/test``); a run
+    without that result is a one-line error naming what it has and the command that makes it."""
+    path = Path(run["dir"]) / "eval" / "external" / name / "test" / "metrics.json"
+    have = ", ".join(sorted(run.get("external") or {})) or "none"
+    if name not in (run.get("external") or {}) or not path.is_file():
+        raise FileNotFoundError(f"{run['dir']}: no external result {name!r} ({path} missing; external results there: "
+                                f"{have}); make it with python launch/evaluate.py {run['dir']} --shards "
+                                f"<{name} shard root> [--name {name}]")  # fmt: skip
+    pred = load_predictions(path)
+    if pred is None or "label_mask" not in pred:
+        raise FileNotFoundError(f"{path.with_name('predictions.npz')}: missing or without label_mask; re-evaluate: "
+                                f"python launch/evaluate.py {run['dir']} --shards <{name} shard root>")  # fmt: skip
+    return pred
+
+
+def compare_external(a: dict[str, Any], b: dict[str, Any], name: str, num_resamples: int, seed: int) -> dict[str, Any]:
+    """The paired comparison of two runs on the external set ``name``: each class on its annotated images only
+    (:func:`cxrdist.eval.external.masked_paired_comparison`); the same images, labels and masks are required."""
+    pa, pb = external_predictions(a, name), external_predictions(b, name)
+    ha, hb = (r["external"][name].get("shards_config_hash") for r in (a, b))
+    if ha and hb and ha != hb:
+        raise ValueError(f"{a['label']} and {b['label']}: external {name!r} holds two different shard sets "
+                         f"(config_hash {ha[:8]} vs {hb[:8]}); evaluate both on the same --shards")  # fmt: skip
+    idx = _aligned(a, b, pa, pb, f"external set {name!r}")
+    pids, how = _patients(pa)
+    out = masked_paired_comparison(pa["labels"], pa["logits"], pb["logits"][idx], pa["label_mask"], pids,
+                                   num_resamples, seed)  # fmt: skip
+    return out | {"external": name, "patients": how, "shards": a["external"][name].get("shards")}
 
 
 def baseline_md(runs: Sequence[dict[str, Any]], baseline: dict[str, Any], num_resamples: int, seed: int) -> list[str]:

@@ -49,6 +49,18 @@ class Logged:
     built: bool
 
 
+@dataclass
+class RunSpec:
+    """Which W&B run a logged output is: its folder under the output dir, id, job type (also its group), name."""
+
+    folder: Path
+    run_id: str
+    job_type: str
+    name: str
+    project: str | None = None
+    entity: str | None = None
+
+
 def report_run_id(run_dirs: Sequence[Path], baseline: Path | None, num_resamples: int, seed: int) -> str:
     """A W&B run id from the report's inputs: the same runs, baseline and bootstrap settings give the same id."""
     inputs = {
@@ -132,31 +144,78 @@ def log_report(
     images = {k: out / name for k, name in IMAGES.items() if (out / name).is_file()}
     title = (out / "report.md").read_text().splitlines()[0].removeprefix("# ")
     summary = {"report/title": title, "report/num_runs": len(runs), "report/markdown": str(out / "report.md")}
-    fp = _fingerprint(run_id, tables, summary, images)
-    target = out / FOLDER
+    name = out.name if out.name != "report" else f"report of {out.parent.name}"
+    run = RunSpec(FOLDER, run_id, "report", name, project, entity)
+    return log_run(runs, out, run, tables, images, summary)
+
+
+def log_run(
+    runs: Sequence[dict[str, Any]], out: Path, spec: RunSpec, tables: dict[str, Any], images: dict[str, Path],
+    summary: dict[str, Any],
+) -> Logged:  # fmt: skip
+    """Log ``tables`` (``{name: {columns, rows}}``), ``images`` and ``summary`` of an output written to ``out`` to the
+    one W&B run ``spec`` (offline under ``out/spec.folder``), unless it holds exactly this already; the project and
+    entity default to the ``runs``' own when they agree. A W&B failure warns and leaves no half-built run."""
+    fp = _fingerprint(spec.run_id, tables, summary, images)
+    target = out / spec.folder
     source = target / "source.json"
     if _folder(target) is not None and source.is_file() and json.loads(source.read_text()).get("fingerprint") == fp:
-        return Logged(_folder(target), run_id, built=False)
+        return Logged(_folder(target), spec.run_id, built=False)
     mode = wandb_environment(out)["WANDB_MODE"]
     if mode == "disabled":
-        logger.info("WANDB_MODE=disabled: the report is not logged to W&B")
-        return Logged(None, run_id, built=False)
+        logger.info("WANDB_MODE=disabled: the %s is not logged to W&B", spec.job_type)
+        return Logged(None, spec.run_id, built=False)
     build = out / "wandb" / f".building-{os.getpid()}"
     shutil.rmtree(build, ignore_errors=True)
-    where = {"project": project or _common(runs, "project") or "cxrdist", "entity": entity or _common(runs, "entity")}
+    where = {"project": spec.project or _common(runs, "project") or "cxrdist",
+             "entity": spec.entity or _common(runs, "entity")}  # fmt: skip
     try:
-        _build(build, out, mode, run_id, where, tables, images, summary)
-    except Exception as e:  # any W&B failure: the report is written already and must not be lost over its logging
+        _build(build, out, mode, spec, where, tables, images, summary)
+    except Exception as e:  # any W&B failure: the output is written already and must not be lost over its logging
         shutil.rmtree(build, ignore_errors=True)
-        logger.warning("W&B logging of the report failed (%s: %s); the report stays in %s", type(e).__name__, e, out)
-        return Logged(None, run_id, built=False)
-    (build / "source.json").write_text(json.dumps({"fingerprint": fp, "run_id": run_id}) + "\n")
-    old = out / "wandb" / f".report-old-{os.getpid()}"
+        logger.warning("W&B logging of the %s failed (%s: %s); it stays in %s", spec.job_type, type(e).__name__, e, out)
+        return Logged(None, spec.run_id, built=False)
+    (build / "source.json").write_text(json.dumps({"fingerprint": fp, "run_id": spec.run_id}) + "\n")
+    old = out / "wandb" / f".{spec.folder.name}-old-{os.getpid()}"
     if target.exists():
         target.rename(old)
-    build.rename(target)  # switched in whole: one run folder per report, never a pile of them
+    build.rename(target)  # switched in whole: one run folder per output, never a pile of them
     shutil.rmtree(old, ignore_errors=True)
-    return Logged(_folder(target), run_id, built=True)
+    return Logged(_folder(target), spec.run_id, built=True)
+
+
+def compare_run_id(run_a: Path, run_b: Path, external: str | None, num_resamples: int, seed: int) -> str:
+    """A W&B run id from a comparison's inputs (A and B in order: Δ = A − B; the set; the bootstrap settings)."""
+    inputs = [str(Path(run_a).resolve()), str(Path(run_b).resolve()), external, num_resamples, seed]
+    return "compare-" + hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
+
+
+def compare_tables(cmp: dict[str, Any], label_a: str, label_b: str) -> dict[str, dict[str, Any]]:
+    """launch/compare.py's result as W&B tables: per class (with the mean as its last row) and localization."""
+    cols = ["class", "positives", "auroc_a", "auroc_b", "delta", "ci_low", "ci_high", "p", "p_holm"]
+    rows = [[n, r["positives"], r["auroc_a"], r["auroc_b"], r["delta"], *r["delong"], r["p"], r["p_holm"]]
+            for n, r in cmp["per_class"].items()]  # fmt: skip
+    m = cmp["mean"]
+    rows.append(["Mean", None, m["auroc_a"], m["auroc_b"], m["delta"], *m["bootstrap"], m["p"], None])
+    tables = {"compare/per_class": {"columns": cols, "rows": rows}}
+    loc = [[fig, f"heatmap > {v}", r["a"], r["b"], r["delta"], *r["ci"], r["p"]]
+           for v, figs in (cmp.get("localization") or {}).items() for fig, r in figs.items()]  # fmt: skip
+    if loc:
+        tables["compare/localization"] = {"columns": ["figure", "binarisation", "a", "b", "delta", "ci_low", "ci_high",
+                                                      "p"], "rows": loc}  # fmt: skip
+    return tables
+
+
+def log_compare(runs: Sequence[dict[str, Any]], cmp: dict[str, Any], markdown: Path, run_id: str) -> Logged:
+    """Log launch/compare.py's table (written to ``markdown``) to the one W&B run ``run_id``, job type ``compare``,
+    offline under ``<markdown's folder>/wandb/<markdown's stem>``; ``runs``: A and B (labels, configs)."""
+    a, b = runs
+    tables = compare_tables(cmp, a["label"], b["label"])
+    summary = {"compare/title": markdown.read_text().splitlines()[0].removeprefix("# "), "compare/a": str(a["dir"]),
+               "compare/b": str(b["dir"]), "compare/set": cmp.get("external") or "test",
+               "compare/markdown": str(markdown)}  # fmt: skip
+    spec = RunSpec(Path("wandb") / markdown.stem, run_id, "compare", f"{a['label']} vs {b['label']}")
+    return log_run(runs, markdown.parent, spec, tables, {}, summary)
 
 
 def _common(runs: Sequence[dict[str, Any]], key: str) -> str | None:
@@ -166,26 +225,26 @@ def _common(runs: Sequence[dict[str, Any]], key: str) -> str | None:
 
 
 def _build(
-    build: Path, out: Path, mode: str, run_id: str, where: dict[str, Any], tables: dict[str, Any],
+    build: Path, out: Path, mode: str, spec: RunSpec, where: dict[str, Any], tables: dict[str, Any],
     images: dict[str, Path], summary: dict[str, Any],
 ) -> None:  # fmt: skip
-    """Write the report's run under ``build`` (``where``: its W&B project and entity)."""
+    """Write the run ``spec`` under ``build`` (``where``: its W&B project and entity)."""
     drop_inherited_wandb_service()  # a service of the shell/notebook that started us would hold the run (log.py)
     import wandb  # optional heavy dependency: a report without W&B never imports it
 
     with wandb_env(out, build, mode):
         run = wandb.init(
             **where,
-            group="report",
-            name=out.name if out.name != "report" else f"report of {out.parent.name}",
-            id=run_id,
+            group=spec.job_type,
+            name=spec.name,
+            id=spec.run_id,
             resume="allow",
-            job_type="report",
+            job_type=spec.job_type,
             dir=str(build),
             mode=mode,
             settings=wandb.Settings(console="off", x_disable_stats=True, x_save_requirements=False),
         )
-        run.log({name: wandb_run.wandb_table(wandb, name, spec) for name, spec in tables.items()}
+        run.log({name: wandb_run.wandb_table(wandb, name, table) for name, table in tables.items()}
                 | {key: wandb.Image(str(path)) for key, path in images.items()})  # fmt: skip
         run.summary.update(summary)
         wandb_run.end_run(run, "finished")

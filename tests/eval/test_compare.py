@@ -148,7 +148,7 @@ def test_compare_cli_prints_writes_and_refuses_other_test_sets(tmp_path: Path, s
     a = _fake_run(tmp_path / "a", shards, "chexnet", 0, 1.5, bbox=4)
     b = _fake_run(tmp_path / "b", shards, "dcnn", 1, 0.2, patients=False, bbox=20)  # patients from the NIH names
     compare = _script("compare")
-    assert compare.main([str(a), str(b), "--resamples", "200", "--out", str(tmp_path / "cmp")]) == 0
+    assert compare.main([str(a), str(b), "--resamples", "200", "--out", str(tmp_path / "cmp"), "--no-wandb"]) == 0
     out = capsys.readouterr().out
     assert "| **Mean** |" in out and "p (Holm)" in out
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
@@ -156,7 +156,7 @@ def test_compare_cli_prints_writes_and_refuses_other_test_sets(tmp_path: Path, s
     assert saved["localization"]["60"]["best_box_iou"]["delta"] > 0 and "Localization (bbox, fixed thresholds" in out
     assert (tmp_path / "cmp" / "compare.md").read_text().startswith("# a vs b (test)")
 
-    assert compare.main([str(a), str(a), "--resamples", "50", "--out", str(tmp_path / "same")]) == 0
+    assert compare.main([str(a), str(a), "--resamples", "50", "--out", str(tmp_path / "same"), "--no-wandb"]) == 0
     same = json.loads((tmp_path / "same" / "compare.json").read_text())
     assert same["mean"]["delta"] == 0 and same["mean"]["p"] == 1
     capsys.readouterr()

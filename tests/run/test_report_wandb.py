@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cxrdist.run import report_wandb
-from testkit.eval_runs import fake_eval_run, fake_shards, script
+from testkit.eval_runs import fake_eval_run, fake_external, fake_shards, script
 from testkit.wandb_offline import leet, logged_table
 
 
@@ -81,3 +81,37 @@ def test_a_wandb_failure_or_disabled_wandb_keeps_the_report_and_leaves_no_half_r
     assert (out / "report.md").is_file()
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert report_wandb.log_report([], out, "report-x").folder is None
+
+
+def test_compare_logs_one_wandb_run_per_output_as_the_report_does(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    shards = fake_shards(tmp_path / "shards")
+    a = fake_eval_run(tmp_path / "runs" / "a", shards, "chexnet", 0, 1.5)
+    b = fake_eval_run(tmp_path / "runs" / "b", shards, "dcnn", 1, 0.3)
+    fake_external(a, "chexpert", 1.5, 0)
+    fake_external(b, "chexpert", 0.3, 1)
+    out = tmp_path / "cmp"
+    argv = [str(a), str(b), "--external", "chexpert", "--out", str(out), "--resamples", "100"]
+    compare = script("compare")
+    assert compare.main(argv) == 0  # both runs logged to W&B (the default): so does the comparison
+    run_id = report_wandb.compare_run_id(a, b, "chexpert", 100, 0)
+    assert f"W&B run {run_id} (logged)" in capsys.readouterr().out
+    [folder] = out.rglob("offline-run-*")
+    assert folder.name.endswith(run_id) and folder.is_relative_to(out / "wandb" / "compare-chexpert")
+    assert not list((tmp_path / "home").rglob("*wandb*"))
+    s = leet(folder, summary=True)
+    assert s["state"] == "finished" and s["summary"]["compare/set"] == "chexpert"
+    assert s["summary"]["compare/title"] == "a vs b (chexpert)"
+    rows = logged_table(folder, s, "compare/per_class")["data"]
+    assert len(rows) == 15 and rows[-1][0] == "Mean" and rows[-1][5] <= rows[-1][4] <= rows[-1][6]
+    assert rows[13][0] == "Hernia" and rows[13][2] is None  # not annotated in CheXpert
+    assert [r["run"]["job_type"] for r in leet(folder) if r["type"] == "run"] == ["compare"]
+    assert compare.main(argv) == 0  # the same comparison again: the same run, nothing rebuilt
+    assert f"W&B run {run_id} (unchanged)" in capsys.readouterr().out
+    assert compare.main([*argv[:2], "--out", str(out), "--resamples", "100"]) == 0  # test set: its own run beside
+    assert {p.parent.parent.name for p in out.rglob("offline-run-*")} == {"compare-chexpert", "compare"}
+    capsys.readouterr()
+    assert report_wandb.compare_run_id(b, a, "chexpert", 100, 0) != run_id  # Δ = A − B: order matters
+    assert compare.main([*argv, "--no-wandb", "--seed", "1"]) == 0
+    assert "W&B run" not in capsys.readouterr().out and len(list(out.rglob("offline-run-*"))) == 2

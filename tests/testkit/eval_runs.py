@@ -1,6 +1,6 @@
 """Run dirs with evaluation results but no training: saved test predictions of a fixed test set (120 images of 40
-patients), optional bbox localization results, and a shard root written "from a phantom". For the report, the
-leaderboard, compare.py and the report's W&B run."""
+patients), optional bbox localization results, external-set results, and a shard root written "from a phantom". For
+the report, the leaderboard, compare.py and the report's W&B run."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import yaml
 
 from cxrdist.config import compose, to_container
 from cxrdist.eval.classification import auroc_per_class
+from cxrdist.eval.external import masked_auroc, masked_bootstrap_mean
 from cxrdist.eval.localization import evaluate_localization
 from cxrdist.eval.schema import METRICS_SCHEMA
 
@@ -89,3 +90,32 @@ def fake_eval_run(
         np.savez(run / "eval" / "bbox" / "predictions.npz", keys=np.array(keys), patient_ids=[patient[k] for k in keys],
                  logits=np.zeros((30, 14)), labels=np.zeros((30, 14), np.uint8))  # fmt: skip
     return run
+
+
+def fixed_external_set() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """An external set of 90 images of 30 patients (CheXpert-style keys and ids): labels, mask, patients, keys.
+    Classes 0-6 are annotated (one image in ten left out, as an uncertain label under U-Ignore), the rest are not."""
+    rng = np.random.default_rng(7)
+    labels = (rng.random((90, 14)) > 0.7).astype(np.uint8)
+    mask = np.zeros((90, 14), np.uint8)
+    mask[:, :7] = rng.random((90, 7)) > 0.1
+    labels[mask == 0] = 0  # as the writer stores a label it does not know
+    pids = np.array([f"patient{p:05d}" for p in rng.integers(0, 30, 90)])
+    keys = [f"{p}/study{i}/view1_frontal" for i, p in enumerate(pids)]
+    return labels, mask, pids, keys
+
+
+def fake_external(run: Path, name: str, signal: float, seed: int, config_hash: str = "e" * 64) -> Path:
+    """``RUN/eval/external/<name>/test`` as launch/evaluate.py writes it for :func:`fixed_external_set`: logits
+    ``labels * signal`` + noise (seeded), the masked AUROC with its intervals, predictions with the mask."""
+    out = run / "eval" / "external" / name / "test"
+    out.mkdir(parents=True)
+    labels, mask, pids, keys = fixed_external_set()
+    logits = labels * signal + np.random.default_rng(seed).normal(size=labels.shape)
+    np.savez(out / "predictions.npz", keys=np.array(keys), logits=logits, labels=labels, label_mask=mask,
+             patient_ids=pids)  # fmt: skip
+    auroc = masked_auroc(labels, logits, mask) | {"bootstrap": masked_bootstrap_mean(labels, logits, mask, pids, 200)}
+    metrics = {"schema_version": METRICS_SCHEMA, "split": "test", "num_samples": len(keys), "auroc": auroc,
+               "shards": f"/data/{name}-shards", "shards_config_hash": config_hash, "dataset": name}  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    return out
