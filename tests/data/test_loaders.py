@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import shutil
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,21 @@ def test_dali_equals_torch_train_geometry(shard_root: Path):
     diff = torch.cat([(a[1] - b[1]).abs().flatten() for a, b in zip(ref, got)])
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(ref, got))
     assert diff.max() < 3 / 255 / 0.226 and diff.mean() < 0.5 / 255 / 0.226
+
+
+@pytest.mark.parametrize(("backend", "workers"), [("torch", 1), ("dali", 0)])
+def test_kept_workers_and_pipeline_go_with_their_loader(shard_root: Path, backend: str, workers: int):
+    """The persistent workers / the reused DALI pipeline hold no reference back to the loader: dropping the loader
+    frees it (and with it them) without waiting for the cycle collector."""
+    loader = build_loader(backend, spec(shard_root, workers=workers))
+    run_epoch(loader)
+    gone = weakref.ref(loader)
+    gc.disable()
+    try:
+        del loader
+        assert gone() is None
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -77,7 +77,10 @@ class DaliLoader(BaseLoader):
     def _build(self, source):
         from nvidia.dali import fn, pipeline_def, types  # optional heavy dependency: DALI only for loader=dali
 
-        gpu = self.device_id is not None
+        # Plain values, not self, inside the graph function: the pipeline must not keep the loader alive
+        gpu, size = self.device_id is not None, [self.out_size, self.out_size]
+        interp = types.INTERP_NN if self.nearest else types.INTERP_LINEAR
+        dtype = types.UINT8 if self.spec.resample == "uint8" else types.FLOAT  # uint8: resampled in 8 bit
 
         @pipeline_def(
             batch_size=self.spec.batch_per_rank,
@@ -92,11 +95,7 @@ class DaliLoader(BaseLoader):
             )
             images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.GRAY)
             images = fn.slice(images, start=anchor, shape=shape, axis_names="WH")
-            interp = types.INTERP_NN if self.nearest else types.INTERP_LINEAR
-            dtype = types.UINT8 if self.spec.resample == "uint8" else types.FLOAT  # uint8: resampled in 8 bit
-            images = fn.resize(
-                images, size=[self.out_size, self.out_size], interp_type=interp, antialias=True, dtype=dtype
-            )
+            images = fn.resize(images, size=size, interp_type=interp, antialias=True, dtype=dtype)
             # flip + HWC → CHW in one pass (no mean/std given: CMN's (x - 0) / 1 leaves the values unchanged)
             images = fn.crop_mirror_normalize(images, mirror=flip, output_layout="CHW", dtype=dtype)
             return images, index
