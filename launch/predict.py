@@ -5,6 +5,8 @@ MODEL is a run dir (the method's final model, or ``--stage NAME``'s best.pt) or 
 DIR gets predictions.csv (14 probabilities and a 1/0 call per class at the model's operating thresholds),
 heatmaps/<file>_<class>.png for the positive calls, heatmaps.npz, skipped.csv and summary.json; nothing is
 written anywhere else (a run dir without operating thresholds gets them first: its val split is evaluated).
+``--backend onnx`` runs an export's model.onnx in onnxruntime (exported with ``--onnx``; pip install
+'cxrdist[export]'), with the same reading, transform, thresholds and heatmaps as the default ``torch``.
 Mistakes in the command are one line on stderr and exit status 2, before anything is written.
 """
 
@@ -26,12 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", help="run dir only: use this stage's best.pt (default: the method's final model)")
     p.add_argument("--batch", type=int, default=16, help="images per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when there is one)")
+    p.add_argument(
+        "--backend", default="torch", help="torch (default) or onnx: an export's model.onnx through onnxruntime"
+    )
     args = p.parse_args(argv)
     try:
         cli.check_positive(batch=args.batch)
         check_request(args.images, args.out)
         setup_logging(None, 0)  # the console: loading may evaluate val first, predict shows its progress
-        model = load_model(args.model, stage=args.stage, device=args.device)
+        model = load_model(args.model, stage=args.stage, device=args.device, backend=args.backend)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("predict.py", e)
     summary = predict_files(model, args.images, args.out, batch_size=args.batch)

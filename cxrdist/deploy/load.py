@@ -11,6 +11,10 @@ the evaluator's step.
 Operating thresholds (:mod:`cxrdist.eval.thresholds`, Youden's J) come from the evaluator's predictions on the
 ``val`` split of the same weights: ``RUN/eval/val/thresholds.json`` records them with the weights' sha256; when
 it is missing or of other weights, the val split is evaluated first (``launch/evaluate.py RUN --split val``).
+
+``backend="onnx"`` swaps only the network: an export's ``model.onnx`` in onnxruntime
+(:mod:`cxrdist.deploy.onnx_backend`) inside the same predictor, built from the same description. Loading an export
+checks the sha256 of each file model.json records (weights.safetensors, model.onnx) that is present.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from cxrdist import __version__
 from cxrdist.config import from_container, load_config, to_container
 from cxrdist.data.format import read_json
+from cxrdist.deploy.onnx_backend import OnnxGraph, check_onnxruntime_installed, graph_maps
 from cxrdist.dist import DistEnv
 from cxrdist.engine.checkpoint import read_model_weights, ready_model
 from cxrdist.engine.pipeline import code_version, stage_dirs
@@ -47,6 +52,7 @@ FORMAT = "cxrdist-model"
 FORMAT_VERSION = 1  # bump when model.json or the weights' key layout changes meaning
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
+BACKENDS = ("torch", "onnx")
 
 
 def sha256(path: Path) -> str:
@@ -186,6 +192,21 @@ def check_compatible(spec: dict[str, Any], where: Path) -> None:
         )
 
 
+def _predictor_fields(spec: dict[str, Any], backend: str) -> dict[str, Any]:
+    """What both backends' predictors take from the model description as it is."""
+    per_class = spec["thresholds"]["per_class"]
+    info = {k: spec[k] for k in ("method", "weights_stage", "provenance", "cxrdist_version")}
+    return {
+        "labels": list(spec["labels"]),
+        "transforms": spec["transforms"],
+        "stored_size": int(spec["stored_size"]),
+        "compare_size": int(spec["compare_size"]),
+        "thresholds": [per_class[name]["threshold"] for name in spec["labels"]],
+        "box_threshold": float(spec["box_threshold"]),
+        "info": {"backend": backend, **info},
+    }
+
+
 def assemble(spec: dict[str, Any], states: dict[str, dict[str, torch.Tensor]], device: Any = None) -> Predictor:
     """A Predictor from a model description and its weights (the method's builders, ``ready_model``)."""
     device = torch.device(device) if device is not None else DistEnv().device
@@ -197,34 +218,63 @@ def assemble(spec: dict[str, Any], states: dict[str, dict[str, torch.Tensor]], d
     aux = [(a, ready_model(a.build(), states[f"aux.{a.sidecar}"], device)) for a in method.aux_networks()]
     for a, _ in aux:
         a.transforms = _transforms(a.transforms)
-    per_class = spec["thresholds"]["per_class"]
     return Predictor(
-        labels=list(spec["labels"]),
         model=model,
         maps=final.maps,
-        transforms=spec["transforms"],
-        stored_size=int(spec["stored_size"]),
-        compare_size=int(spec["compare_size"]),
-        thresholds=[per_class[name]["threshold"] for name in spec["labels"]],
-        box_threshold=float(spec["box_threshold"]),
         device=device,
         aux=aux,
         aux_dtype=resolve_precision(cfg.engine.precision, device),
-        info={k: spec[k] for k in ("method", "weights_stage", "provenance", "cxrdist_version")},
+        **_predictor_fields(spec, "torch"),
     )
 
 
-def load_export(path: Path, device: Any = None) -> Predictor:
-    """An exported model folder (``model.json`` + ``weights.safetensors``) → Predictor."""
+def assemble_onnx(spec: dict[str, Any], graph: Path, device: Any = None) -> Predictor:
+    """A Predictor whose network is ``graph`` (model.onnx) in onnxruntime: no method or torch network is built;
+    the tensors around the graph stay on the CPU (onnxruntime moves the input to its device)."""
+    if spec.get("aux"):  # export refuses these (onnx_export.check_onnx_method); a hand-edited model.json may not
+        raise ValueError(f"{graph}: {spec['method']} runs auxiliary networks, which model.onnx does not hold")
+    return Predictor(model=OnnxGraph(graph, device), maps=graph_maps, **_predictor_fields(spec, "onnx"))
+
+
+def _check_sha256(path: Path, expected: str) -> None:
+    if sha256(path) != expected:
+        raise ValueError(f"{path}: sha256 differs from model.json's: the file is damaged or from another export")
+
+
+def check_export_files(path: Path, spec: dict[str, Any], backend: str) -> Path | None:
+    """The export's files against ``model.json``: the backend's file must be there, and every recorded file that
+    is there must have its sha256 (a damaged model.onnx is refused by the torch backend too: one artifact). Returns
+    the ONNX file's path when the export has one."""
+    weights = path / WEIGHTS
+    onnx = spec.get("onnx")
+    graph = path / onnx["file"] if onnx else None
+    if backend == "torch" and not weights.is_file():
+        raise ValueError(f"{path}: {WEIGHTS} is missing; copy the whole exported folder")
+    if backend == "onnx":
+        if graph is None:
+            raise ValueError(
+                f"{path}: exported without --onnx (no model.onnx in {MODEL_JSON}): export the run again with "
+                "launch/export.py RUN --out DIR --onnx, or use --backend torch"
+            )
+        if not graph.is_file():
+            raise ValueError(f"{graph} is missing; copy the whole exported folder")
+    if weights.is_file():
+        _check_sha256(weights, spec["weights_sha256"])
+    if graph is not None and graph.is_file():
+        _check_sha256(graph, onnx["sha256"])
+    return graph
+
+
+def load_export(path: Path, device: Any = None, backend: str = "torch") -> Predictor:
+    """An exported model folder (``model.json`` + ``weights.safetensors``, or ``model.onnx`` for ``backend``
+    ``onnx``) → Predictor."""
     path = Path(path)
     spec = json.loads((path / MODEL_JSON).read_text())
     check_compatible(spec, path / MODEL_JSON)
-    weights = path / WEIGHTS
-    if not weights.is_file():
-        raise ValueError(f"{path}: {WEIGHTS} is missing; copy the whole exported folder")
-    if sha256(weights) != spec["weights_sha256"]:
-        raise ValueError(f"{weights}: sha256 differs from model.json's: the file is damaged or from another export")
-    flat = safetensors.torch.load_file(str(weights))
+    graph = check_export_files(path, spec, backend)
+    if backend == "onnx":
+        return assemble_onnx(spec, graph, device)
+    flat = safetensors.torch.load_file(str(path / WEIGHTS))
     states: dict[str, dict[str, torch.Tensor]] = {"model": {}}
     for key, tensor in flat.items():
         group, name = key.split("/", 1)
@@ -232,18 +282,36 @@ def load_export(path: Path, device: Any = None) -> Predictor:
     return assemble(spec, states, device)
 
 
-def load_model(path: str | os.PathLike, *, stage: str | None = None, device: Any = None) -> Predictor:
+def check_backend(path: Path, backend: str) -> None:
+    """``backend`` is torch or onnx; onnx runs an export's model.onnx (not a run dir) and needs onnxruntime."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        if not (path / MODEL_JSON).is_file():
+            raise ValueError(
+                f"--backend onnx runs an exported model.onnx; {path} is not an export: export it with "
+                "launch/export.py RUN --out DIR --onnx, or use --backend torch"
+            )
+        check_onnxruntime_installed()
+
+
+def load_model(
+    path: str | os.PathLike, *, stage: str | None = None, device: Any = None, backend: str = "torch"
+) -> Predictor:
     """A trained model, ready to predict: ``path`` is a run dir (``stage``: that stage's ``best.pt``; default the
     method's final model) or a folder written by ``launch/export.py``. ``device``: default CUDA when present.
+    ``backend="onnx"``: an export's ``model.onnx`` through onnxruntime, with the same reading, transform,
+    thresholds and heatmap paste (:mod:`cxrdist.deploy.onnx_backend`).
 
     >>> model = cxrdist.load_model("runs/chexnet")
     >>> out = model.predict(["scan.dcm", "folder/x.png"])  # out["probs"], out["heatmaps"], out["calls"]
     """
     path = Path(path)
+    check_backend(path, backend)
     if (path / MODEL_JSON).is_file():
         if stage is not None:
             raise ValueError(f"{path} is an exported model (one stage's weights); --stage applies to run dirs")
-        return load_export(path, device)
+        return load_export(path, device, backend)
     if (path / "config.yaml").is_file():
         spec, states = describe_run(path, stage)
         return assemble(spec, states, device)
