@@ -36,6 +36,7 @@ from cxrdist.eval.compare import auroc_intervals, intervals_table_md, localizati
 from cxrdist.eval.external import masked_auroc, masked_bootstrap_mean
 from cxrdist.eval.figures import plot_heatmap_overlay, plot_roc
 from cxrdist.eval.localization import ACC_AT_IOU, BEST_BOX_IOU, ORACLE, evaluate_localization
+from cxrdist.eval.pairs_file import write_pairs
 from cxrdist.eval.schema import METRICS_SCHEMA
 from cxrdist.eval.tables import auroc_table_md, localization_table_md
 from cxrdist.eval.tracker_tables import BBOX_COLUMNS, ROC_COLUMNS, bbox_image_rows, roc_points
@@ -196,6 +197,8 @@ def evaluate_split(
         metrics["localization"], overlays = _localize(placed["maps"], loader, ecfg, out)
         metrics["localization_intervals"] = localization_intervals(metrics["localization"], dict(zip(keys, pids)))
         images |= overlays
+        # the per-(image, class) FP counts go beside metrics.json, not into it (eval/pairs_file.py)
+        metrics["localization"] = write_pairs(metrics["localization"], out)
     _write_json(out / "metrics.json", metrics)
     ctx.tracker.log(_headline(split, metrics), step=0, prefix=prefix)
     ctx.tracker.log_images(images, step=0, prefix=prefix)

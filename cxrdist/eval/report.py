@@ -25,6 +25,7 @@ from cxrdist.eval.external import external_section_md
 from cxrdist.eval.figures import plot_published_vs_ours
 from cxrdist.eval.leaderboard import attach_intervals, find_runs, group_runs, run_labels
 from cxrdist.eval.localization import ACC_AFP, ACC_AT_IOU, BEST_BOX_IOU, KIM_IOU_T, ORACLE
+from cxrdist.eval.pairs_file import read_pairs
 from cxrdist.eval.report_multi import multi_run_lines, roc_band_lines
 from cxrdist.eval.schema import check_metrics_schema
 from cxrdist.eval.tables import auroc_table_md
@@ -63,6 +64,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
         path = find_metrics(run_dir, split)
         if path is not None:
             metrics = check_metrics_schema(json.loads(path.read_text()), path)
+            if metrics.get("localization"):  # its per-pair FP counts live beside it (eval/pairs_file.py)
+                metrics["localization"] = read_pairs(metrics["localization"], path.parent)
             run["metrics"][split] = metrics | {"path": str(path)}
     run["external"] = {
         p.parent.parent.name: check_metrics_schema(json.loads(p.read_text()), p)

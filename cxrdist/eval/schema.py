@@ -3,6 +3,9 @@
 Version 2 names each localization result by what it measures (``acc_at_iou``, ``best_box_iou``,
 ``acc_afp_at_overlap``) and says which paper's table each is compared with (``localization.compared_with``);
 version 1 (no ``schema_version`` key) keyed them by the papers' authors (``kim``, ``fang``, ``wang``).
+Within version 2, ``localization.per_pair`` (the per-(image, class) FP counts) is either inline (older files), a
+pointer ``{file, num_pairs}`` to ``localization_pairs.npz`` beside the file (cxrdist/eval/pairs_file.py), or absent
+(before it was kept: no AFP interval); every form reads.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ from cxrdist import wandb_run
 from cxrdist.engine.pipeline import read_done, run_stages
 from cxrdist.engine.stages import FunctionStage, StageContext, TrainStage
 from cxrdist.engine.trainer import NonFiniteLossError
+from cxrdist.eval.compare import localization_intervals, patients_of
+from cxrdist.eval.leaderboard import load_predictions
+from cxrdist.eval.pairs_file import read_pairs
 from cxrdist.log import Tracker, read_metrics
 from cxrdist.run import wandb_sync
 from cxrdist.run.local import run_local
@@ -216,6 +219,15 @@ def test_train_then_evaluate_writes_reports(shard_root: Path, tmp_path: Path):
     assert loc["num_boxes"] > 0 and "acc_at_iou" in loc and "best_box_iou" in loc and "acc_afp_at_overlap" in loc
     hm = __import__("numpy").load(out / "bbox" / "heatmaps.npz")
     assert len(hm["keys"]) == loc["num_pairs"] and hm["heatmaps"].shape[1:] == (224, 224)
+    # the per-pair FP counts live beside metrics.json; read back, they give the intervals the evaluator wrote
+    assert loc["per_pair"] == {"file": "localization_pairs.npz", "num_pairs": loc["num_pairs"]}
+    keys = load_predictions(out / "bbox" / "metrics.json")["keys"].tolist()
+    by_key = dict(zip(keys, patients_of(keys)[0].tolist()))
+    bbox = json.loads((out / "bbox" / "metrics.json").read_text())
+    assert localization_intervals(read_pairs(loc, out / "bbox"), by_key) == bbox["localization_intervals"]
+    assert bbox["localization_intervals"] and all(
+        "afp_at_iou>0.5" in f for f in bbox["localization_intervals"].values()
+    )
     assert (out / "test" / "roc.png").stat().st_size > 0 and list((out / "bbox" / "heatmaps").glob("*.png"))
     # The in-process rank session closed its log file: later records neither land in nor reopen it.
     log_file = tmp_path / "ev" / "logs" / "rank0.log"

@@ -16,6 +16,7 @@ from cxrdist.config import compose, to_container
 from cxrdist.eval.classification import auroc_per_class
 from cxrdist.eval.external import masked_auroc, masked_bootstrap_mean
 from cxrdist.eval.localization import evaluate_localization
+from cxrdist.eval.pairs_file import write_pairs
 from cxrdist.eval.schema import METRICS_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,10 +66,11 @@ def fake_localization(spread: int) -> tuple[dict, dict]:
 
 def fake_eval_run(
     run: Path, shards: Path, method: str, seed: int, signal: float, *overrides: str, patients: bool = True,
-    bbox: int = 0,
+    bbox: int = 0, pairs_file: bool = True,
 ) -> Path:  # fmt: skip
     """A run dir of ``method`` whose test logits are ``labels * signal`` + noise (seeded); with ``bbox``, the
-    localization results of heatmaps off the boxes by up to ``bbox`` pixels and the bbox predictions."""
+    localization results of heatmaps off the boxes by up to ``bbox`` pixels and the bbox predictions, the per-pair
+    FP counts beside metrics.json as the evaluator writes them (``pairs_file=False``: inline, as it once did)."""
     cfg = compose([f"method={method}", f"data.root={shards}", f"seed={seed}", *overrides])
     cfg = to_container(cfg) | {"run_dir": str(run)}
     (run / "eval" / "test").mkdir(parents=True)
@@ -83,6 +85,7 @@ def fake_eval_run(
     if bbox:
         loc, patient = fake_localization(bbox)
         (run / "eval" / "bbox").mkdir()
+        loc = write_pairs(loc, run / "eval" / "bbox") if pairs_file else loc
         (run / "eval" / "bbox" / "metrics.json").write_text(
             json.dumps({"schema_version": METRICS_SCHEMA, "localization": loc})
         )
