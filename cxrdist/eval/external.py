@@ -213,13 +213,18 @@ def _nih_like(nih: Mapping[str, Any]) -> dict[str, Any]:
     return dict(nih["auroc"]) | {"ci95": ci, "bootstrap": {"ci95": None if None in mean else mean}}
 
 
-def external_section_md(nih: Mapping[str, Any] | None, external: Mapping[str, Mapping[str, Any]]) -> str:
+def external_section_md(
+    nih: Mapping[str, Any] | None,
+    external: Mapping[str, Mapping[str, Any]],
+    shared_ci: Mapping[str, list[float] | None] | None = None,
+) -> str:
     """Markdown: NIH test vs each external set per class (AUROC), and each set's mean over its own classes.
 
     ``nih``: the NIH test metrics.json (or None); ``external``: set name → its metrics.json. A class a set does
     not annotate reads "n/a"; the "shared mean" row is each column's mean over the classes every listed external
     set annotates (NIH included on the same classes), so the columns compare like with like. Every column carries the
-    same intervals: DeLong per class, the patient-clustered bootstrap for the mean over its own classes.
+    same intervals: DeLong per class, the patient-clustered bootstrap for the mean over its own classes, and for the
+    shared mean where ``shared_ci`` (column name → interval) has one.
     """
     names = list(external)
     cols = (["NIH test"] if nih else []) + names
@@ -238,14 +243,14 @@ def external_section_md(nih: Mapping[str, Any] | None, external: Mapping[str, Ma
     lines.append("| **mean (own classes)** | " + " | ".join(_fmt(a["mean"], (a.get("bootstrap") or {}).get("ci95"))
                                                           for a in aurocs) + " |")  # fmt: skip
     shared_means = []
-    for a in aurocs:
+    for col, a in zip(cols, aurocs):
         vals = [a["per_class"][c] for c in shared if a["per_class"].get(c) is not None]
-        shared_means.append(_fmt(float(np.mean(vals)) if vals else None))
+        shared_means.append(_fmt(float(np.mean(vals)) if vals else None, (shared_ci or {}).get(col)))
     lines.append(f"| **mean (shared {len(shared)})** | " + " | ".join(shared_means) + " |")
     lines.append("")
     lines.append(
         f"Shared classes: {', '.join(shared) or 'none'}. n/a: not annotated in that set (excluded). "
-        "[low, high]: DeLong 95% interval on the set's annotated images; the mean's: patient-clustered bootstrap."
+        "[low, high]: DeLong 95% interval on the set's annotated images; the means': patient-clustered bootstrap."
     )
     for n in names:
         a = external[n]["auroc"]

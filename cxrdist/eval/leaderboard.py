@@ -28,8 +28,9 @@ from cxrdist.eval.compare import (
     paired_localization,
     patients_of,
 )
-from cxrdist.eval.external import masked_paired_comparison
+from cxrdist.eval.external import masked_bootstrap_mean, masked_paired_comparison
 from cxrdist.eval.stats import align_keys
+from cxrdist.labels import LABELS
 
 # Keys left out when grouping runs into one entry: the seed (what a group varies) and what cannot change results.
 UNGROUPED = ("seed", "run_dir", "cluster", "logger", "data.root", "loader.workers", "loader.eval_batch_per_rank",
@@ -99,6 +100,30 @@ def attach_intervals(run: dict[str, Any], num_resamples: int, seed: int) -> None
         pids, _ = _patients(bbox_pred)
         by_key = dict(zip(bbox_pred["keys"].tolist(), pids.tolist()))
         run["loc_intervals"] = localization_intervals(loc, by_key, num_resamples, seed)
+    run["external_shared_ci"] = shared_mean_intervals(run, num_resamples, seed)
+
+
+def shared_mean_intervals(run: dict[str, Any], num_resamples: int, seed: int) -> dict[str, list[float] | None]:
+    """The report's external "shared mean" row's intervals: per column (``NIH test`` and each external set), the
+    patient-clustered bootstrap CI of the mean AUROC over the classes every external set of the run annotates, each
+    class on its annotated images (:func:`~cxrdist.eval.external.masked_bootstrap_mean`); None without predictions."""
+    ext = run.get("external") or {}
+    shared = [c for c, name in enumerate(LABELS)
+              if all(name not in m["auroc"].get("not_annotated", []) for m in ext.values())]  # fmt: skip
+    if not ext or not shared:
+        return {}
+    preds = {"NIH test": run.get("pred")}
+    preds |= {n: load_predictions(Path(run["dir"]) / "eval" / "external" / n / "test" / "metrics.json") for n in ext}
+    out: dict[str, list[float] | None] = {}
+    for name, pred in preds.items():
+        if pred is None:
+            out[name] = None
+            continue
+        mask = np.zeros(pred["labels"].shape, np.uint8)
+        mask[:, shared] = pred["label_mask"][:, shared] if "label_mask" in pred else 1
+        boot = masked_bootstrap_mean(pred["labels"], pred["logits"], mask, _patients(pred)[0], num_resamples, seed)
+        out[name] = boot["ci95"]
+    return out
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

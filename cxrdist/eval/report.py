@@ -218,8 +218,9 @@ def run_section(run: dict[str, Any]) -> list[str]:
     lines += [f"- {w}" for w in auroc.get("warnings", [])]
     lines += ["", "### Localization (bbox)", "", *_loc_lines(run), ""]
     if run.get("external"):  # launch/evaluate.py RUN --shards <external shard root>
-        lines += ["### External validation (test AUROC)", "", external_section_md(run["metrics"]["test"],
-                                                                                  run["external"]), ""]  # fmt: skip
+        nih = run["metrics"]["test"] | ({"intervals": run["intervals"]} if run.get("intervals") else {})
+        md = external_section_md(nih, run["external"], run.get("external_shared_ci"))
+        lines += ["### External validation (test AUROC)", "", md, ""]
     return lines
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from cxrdist.eval.compare import paired_comparison
 from cxrdist.eval.delong import delong_paired
-from cxrdist.eval.external import masked_paired_comparison
+from cxrdist.eval.external import masked_bootstrap_mean, masked_paired_comparison
 from cxrdist.eval.report import load_runs, write_report
 from cxrdist.eval.stats import holm
 from cxrdist.labels import LABELS
@@ -111,13 +111,17 @@ def test_compare_cli_on_an_external_set_and_its_one_line_refusals(tmp_path: Path
 def test_the_reports_external_section_has_intervals_in_every_column(tmp_path: Path, two_runs):
     a, _ = two_runs
     [run] = load_runs([a], num_resamples=100)
-    test = run["metrics"]["test"]
-    iv_a = {"per_class": {n: {"delong": [0.1, 0.2]} for n in LABELS}, "mean": {"bootstrap": [0.3, 0.4]}}
-    (a / "eval" / "test" / "metrics.json").write_text(json.dumps({k: v for k, v in test.items() if k != "path"}
-                                                                 | {"intervals": iv_a}))  # fmt: skip
     md = write_report([a], tmp_path / "out", num_resamples=100).read_text()
-    section = md[md.index("External validation") :]
-    row = next(line for line in section.splitlines() if line.startswith("| Atelectasis |"))
-    assert row.count("[") == 2 and "[0.10, 0.20]" in row  # NIH test (DeLong) and CheXpert (DeLong)
-    mean = next(line for line in section.splitlines() if line.startswith("| **mean (own classes)** |"))
-    assert mean.count("[") == 2 and "[0.30, 0.40]" in mean  # both means: patient bootstrap
+    section = md[md.index("External validation") :].splitlines()
+    row = next(line for line in section if line.startswith("| Atelectasis |"))
+    lo, hi = run["intervals"]["per_class"]["Atelectasis"]["delong"]
+    assert row.count("[") == 2 and f"[{lo:.2f}, {hi:.2f}] |" in row.split("|")[2] + "|"  # NIH test: DeLong too
+    mean = next(line for line in section if line.startswith("| **mean (own classes)** |"))
+    lo, hi = run["intervals"]["mean"]["bootstrap"]
+    assert mean.count("[") == 2 and f"[{lo:.2f}, {hi:.2f}]" in mean  # both means: patient bootstrap
+    shared = next(line for line in section if line.startswith("| **mean (shared 7)** |"))
+    labels, mask, pids, _ = fixed_external_set()
+    logits = dict(np.load(a / "eval/external/chexpert/test/predictions.npz"))["logits"]
+    want = masked_bootstrap_mean(labels, logits, mask, pids, 100)  # CheXpert annotates exactly the shared 7 here
+    assert shared.count("[") == 2 and shared.endswith(f"{want['estimate']:.4f} [{want['ci95'][0]:.2f}, "
+                                                      f"{want['ci95'][1]:.2f}] |")  # fmt: skip
