@@ -23,7 +23,6 @@ from cxrdist.eval.compare import comparison_table_md
 from cxrdist.eval.leaderboard import compare_external, compare_runs, load_predictions, run_labels, write_json
 from cxrdist.eval.report import load_run
 from cxrdist.run import report_wandb
-from cxrdist.run.external import check_name
 from cxrdist.run.preflight import check_run_dir
 
 
@@ -41,8 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cli.check_positive(resamples=args.resamples)
-        if args.external is not None:
-            check_name(args.external)
         a, b = (check_run_dir(r, what="compare") for r in (args.run_a, args.run_b))
         run_a, run_b = (load_run(d) for d in (a, b))
         for run, label in zip((run_a, run_b), run_labels([a, b])):

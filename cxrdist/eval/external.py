@@ -132,6 +132,28 @@ def _num(v: Any) -> float | None:
     return None if v is None or np.isnan(v) else float(v)
 
 
+def _paired_mean(
+    labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, mask: np.ndarray, cluster: np.ndarray,
+    num_clusters: int, num_resamples: int, seed: int, confidence: float,
+) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """The paired patient bootstrap of A − B's mean AUROC over the classes defined on the annotated images."""
+    counts = resample_counts(num_clusters, num_resamples, seed)
+    (pa, sa), (pb, sb) = (_masked_class_aurocs(labels, s, mask, cluster, counts) for s in (scores_a, scores_b))
+    defined = ~np.isnan(pa) & ~np.isnan(pb)
+    if defined.any():
+        ma, mb = sa[:, defined].mean(axis=1), sb[:, defined].mean(axis=1)
+        delta = ma - mb
+        lo, hi = percentile_ci(delta, confidence)
+        point_a, point_b = float(pa[defined].mean()), float(pb[defined].mean())
+        mean = {"auroc_a": point_a, "auroc_b": point_b, "delta": point_a - point_b, "bootstrap": [_num(lo), _num(hi)],
+                "p": _num(bootstrap_p_value(delta)), "num_dropped": int(np.isnan(delta).sum())}  # fmt: skip
+    else:
+        mean = {"auroc_a": None, "auroc_b": None, "delta": None, "bootstrap": [None, None], "p": None, "num_dropped": 0}
+    dropped = f"{mean['num_dropped']} of {num_resamples} resamples left out of the interval of the mean AUROC: a "
+    warnings = [dropped + "class of the mean had no positives or no negatives in them"] if mean["num_dropped"] else []
+    return mean, warnings
+
+
 def masked_paired_comparison(
     labels: np.ndarray,
     scores_a: np.ndarray,
@@ -169,20 +191,8 @@ def masked_paired_comparison(
     for name, adjusted in zip(class_names, holm(p)):
         per_class[name]["p_holm"] = _num(adjusted)
     cluster, num_clusters = cluster_index(patient_ids, labels.shape[0])
-    counts = resample_counts(num_clusters, num_resamples, seed)
-    (pa, sa), (pb, sb) = (_masked_class_aurocs(labels, s, mask, cluster, counts) for s in (scores_a, scores_b))
-    defined = ~np.isnan(pa) & ~np.isnan(pb)
-    if defined.any():
-        ma, mb = sa[:, defined].mean(axis=1), sb[:, defined].mean(axis=1)
-        delta = ma - mb
-        lo, hi = percentile_ci(delta, confidence)
-        point_a, point_b = float(pa[defined].mean()), float(pb[defined].mean())
-        mean = {"auroc_a": point_a, "auroc_b": point_b, "delta": point_a - point_b, "bootstrap": [_num(lo), _num(hi)],
-                "p": _num(bootstrap_p_value(delta)), "num_dropped": int(np.isnan(delta).sum())}  # fmt: skip
-    else:
-        mean = {"auroc_a": None, "auroc_b": None, "delta": None, "bootstrap": [None, None], "p": None, "num_dropped": 0}
-    dropped = f"{mean['num_dropped']} of {num_resamples} resamples left out of the interval of the mean AUROC: a "
-    warnings = [dropped + "class of the mean had no positives or no negatives in them"] if mean["num_dropped"] else []
+    mean, warnings = _paired_mean(labels, scores_a, scores_b, mask, cluster, num_clusters, num_resamples, seed,
+                                  confidence)  # fmt: skip
     return {
         "confidence": confidence,
         "num_resamples": num_resamples,
