@@ -12,6 +12,7 @@ same images, labels and masks required in both; written to ``compare-NAME.md`` /
 W&B: the table also goes to ONE W&B run (job type ``compare``; offline under ``OUT/wandb/<compare file stem>``)
 under launch/report.py's rule: when both runs logged to W&B, unless ``--wandb``/``--no-wandb`` say otherwise; its id
 comes from the inputs, so re-running the same comparison rebuilds that one run (only when its content changed).
+The work is cxrdist/run/reports.py's ``compare``.
 """
 
 import argparse
@@ -19,15 +20,11 @@ import sys
 from pathlib import Path
 
 from cxrdist import cli
-from cxrdist.eval.compare import comparison_table_md
-from cxrdist.eval.leaderboard import compare_external, compare_runs, load_predictions, run_labels, write_json
-from cxrdist.eval.report import load_run
-from cxrdist.run import report_wandb
-from cxrdist.run.preflight import check_run_dir
+from cxrdist.run import reports
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Check both runs and their keys, then print and write the comparison."""
+    """Parse the arguments; compare (a usage mistake: one line, exit 2)."""
     p = cli.parser("compare.py", __doc__)
     p.add_argument("run_a", type=Path, help="run dir A")
     p.add_argument("run_b", type=Path, help="run dir B (Δ = A − B)")
@@ -37,34 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                    help="log the comparison to one W&B run (default: when both runs logged to W&B)")  # fmt: skip
-    args = p.parse_args(argv)
+    a = p.parse_args(argv)
     try:
-        cli.check_positive(resamples=args.resamples)
-        a, b = (check_run_dir(r, what="compare") for r in (args.run_a, args.run_b))
-        run_a, run_b = (load_run(d) for d in (a, b))
-        for run, label in zip((run_a, run_b), run_labels([a, b])):
-            run["label"] = label
-        if args.external is None:
-            for run in (run_a, run_b):
-                run["pred"] = load_predictions(run["metrics"]["test"]["path"])
-            cmp = compare_runs(run_a, run_b, args.resamples, args.seed)
-        else:
-            cmp = compare_external(run_a, run_b, args.external, args.resamples, args.seed)
+        reports.compare(a.run_a, a.run_b, a.external, a.out, a.resamples, a.seed, a.wandb)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("compare.py", e)
-    md = comparison_table_md(cmp, run_a["label"], run_b["label"])
-    out = args.out or args.run_a / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    stem, what = ("compare", "test") if args.external is None else (f"compare-{args.external}", args.external)
-    (out / f"{stem}.md").write_text(f"# {run_a['label']} vs {run_b['label']} ({what})\n\n{md}\n")
-    write_json(out / f"{stem}.json", cmp | {"a": str(args.run_a), "b": str(args.run_b)})
-    print(md)
-    print(f"written to {out / stem}.md and {stem}.json")
-    if report_wandb.wanted([run_a, run_b], args.wandb):
-        run_id = report_wandb.compare_run_id(a, b, args.external, args.resamples, args.seed)
-        logged = report_wandb.log_compare([run_a, run_b], cmp, out / f"{stem}.md", run_id)
-        state = "logged" if logged.built else "unchanged"
-        print(f"W&B run {run_id} ({state}): {logged.folder or 'not written (WANDB_MODE=disabled, or see above)'}")
     return 0
 
 

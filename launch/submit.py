@@ -7,12 +7,10 @@ job array, each in ``runs/<name>/<override-dir>`` (see cxrdist/run/sweep.py). A 
 status 2, before anything is created or submitted.
 """
 
-import contextlib
 import sys
 
 from cxrdist import cli
-from cxrdist.progress import follow
-from cxrdist.run.launcher import failure_summary, wait_results
+from cxrdist.run.launcher import show_submission
 from cxrdist.run.sweep import print_sweep
 from cxrdist.run.sweep import submit_any as submit  # a sweep with -m, else one run
 
@@ -23,28 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         out = submit(sys.argv[1:] if argv is None else argv)
     except cli.USAGE_ERRORS as e:
         return cli.usage_exit("submit.py", e)
-    if "sweep" in out:
-        return print_sweep(out)
-    if "script" in out:
-        print(f"# --- job script ({out['tasks']} task(s) per node) ---\n{out['script']}")
-        print(f"# --- resolved config (run dir {out['run_dir']}) ---\n{out['config']}")
-        for note in out["notes"]:
-            print(f"# note: {note}")
-        return 0
-    print(f"submitted job {out['job_id']} ({out['tasks']} task(s) per node)")
-    print(f"run dir: {out['run_dir']}")
-    print(f"W&B:     {out['wandb']}")
-    print("follow:  " + "\n         ".join(out["follow"]), flush=True)
-    if out["wait"]:
-        try:
-            with follow(out["run_dir"]) if out["follows"] else contextlib.nullcontext():
-                wait_results(out["job"])  # survives requeues
-        except Exception as e:  # the job failed: name the rank that failed first, not a peer's hang-up
-            summary = failure_summary(out["run_dir"], e, out["submitted"])
-            print(f"job {out['job_id']} failed: {summary}", file=sys.stderr)
-            return 1
-        print(f"job {out['job_id']} finished")
-    return 0
+    return print_sweep(out) if "sweep" in out else show_submission(out)
 
 
 if __name__ == "__main__":

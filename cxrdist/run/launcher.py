@@ -9,9 +9,11 @@ resubmission — or a requeue — finds it and resumes; a different config is re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from cxrdist.cli import UsageError
 from cxrdist.config import compose, to_container, validate_config
 from cxrdist.log import wandb_environment
 from cxrdist.methods import get_method
+from cxrdist.progress import follow
 from cxrdist.run import rundir
 from cxrdist.run.job import Job
 from cxrdist.run.preflight import check_shard_root
@@ -282,3 +285,29 @@ def dry_run_notes(cfg) -> list[str]:
     except UsageError as e:
         return [f"not checked by --dry-run, refused at submission unless fixed: {cli.one_line(e)}"]
     return []
+
+
+def show_submission(out: dict[str, Any]) -> int:
+    """Print what :func:`submit` returned (a preview, or the job and where to follow it); with ``--wait`` or
+    ``--cluster local`` follow the job to its end. Returns the launcher's exit status (1: the job failed)."""
+    if "script" in out:
+        print(f"# --- job script ({out['tasks']} task(s) per node) ---\n{out['script']}")
+        print(f"# --- resolved config (run dir {out['run_dir']}) ---\n{out['config']}")
+        for note in out["notes"]:
+            print(f"# note: {note}")
+        return 0
+    print(f"submitted job {out['job_id']} ({out['tasks']} task(s) per node)")
+    print(f"run dir: {out['run_dir']}")
+    print(f"W&B:     {out['wandb']}")
+    print("follow:  " + "\n         ".join(out["follow"]), flush=True)
+    if not out["wait"]:
+        return 0
+    try:
+        with follow(out["run_dir"]) if out["follows"] else contextlib.nullcontext():
+            wait_results(out["job"])  # survives requeues
+    except Exception as e:  # the job failed: name the rank that failed first, not a peer's hang-up
+        summary = failure_summary(out["run_dir"], e, out["submitted"])
+        print(f"job {out['job_id']} failed: {summary}", file=sys.stderr)
+        return 1
+    print(f"job {out['job_id']} finished")
+    return 0
