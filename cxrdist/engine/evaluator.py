@@ -141,7 +141,6 @@ def evaluate_split(
 ) -> dict[str, Any] | None:
     """Evaluate one split collectively; rank 0 writes the files and returns the metrics (None elsewhere).
     ``prefix``: the W&B key prefix (default ``eval``, or ``eval/external/<dataset>`` on an external set)."""
-    ecfg = ctx.cfg.eval
     spec = ctx.loader_spec(
         split=split,
         train=False,
@@ -162,6 +161,26 @@ def evaluate_split(
     if placed is None:
         return None
     out.mkdir(parents=True, exist_ok=True)
+    metrics, images, published = _split_metrics(ctx, stage, split, loader, placed, out, prefix is not None)
+    # without a prefix, "dataset" is recorded only for a set with a label mask (external)
+    prefix = prefix or ("eval" if "dataset" not in metrics else f"eval/external/{metrics['dataset']}")
+    _log_split(ctx, split, loader, placed["logits"], metrics, images, published, prefix)
+    logger.info("%s: mean AUROC %s over %d samples → %s", split, metrics["auroc"]["mean"], metrics["num_samples"], out)
+    return metrics
+
+
+def _split_metrics(
+    ctx: StageContext,
+    stage: EvalStage,
+    split: str,
+    loader: BaseLoader,
+    placed: dict[str, np.ndarray],
+    out: Path,
+    other_set: bool,
+) -> tuple[dict[str, Any], dict[str, str], Any]:
+    """Rank 0: predictions.npz, AUROC (+ intervals), ROC, localization and metrics.json of one split; returns the
+    metrics, the images to log and the published AUROC set beside them (None on another dataset). ``other_set``:
+    the shards are not the run's own (their dataset and hash are recorded, as for any set with a label mask)."""
     labels, logits, keys = loader.reader.labels, placed["logits"], list(loader.reader.keys)
     known = label_masks(loader.reader)  # an external set's known labels and patients (None: NIH, all known)
     mask = None if known is None else known[0]
@@ -171,21 +190,16 @@ def evaluate_split(
     auroc = auroc_per_class(labels, logits) if mask is None else masked_auroc(labels, logits, mask)
     if known is not None:  # external sets are small: the mean gets a patient-clustered interval
         auroc["bootstrap"] = masked_bootstrap_mean(labels, logits, mask, known[1])
-    metrics: dict[str, Any] = {
-        "schema_version": METRICS_SCHEMA,
-        "split": split,
-        "num_samples": len(labels),
-        "auroc": auroc,
-    }
+    metrics: dict[str, Any] = {"schema_version": METRICS_SCHEMA, "split": split, "num_samples": len(labels)}
+    metrics["auroc"] = auroc
     # Published numbers are NIH test numbers: never set beside another dataset's.
     published = stage.published.get("auroc") if mask is None else None
     pids, how = patients_of(keys, saved)
-    if mask is not None or prefix is not None:  # another shard set: which one (run/external.py keys on its hash)
+    if mask is not None or other_set:  # another shard set: which one (run/external.py keys on its hash)
         header = read_json(loader.reader.root / "_dataset.json")
         metrics["shards"] = str(loader.reader.root)
         metrics["shards_config_hash"] = header.get("config_hash")
         metrics["dataset"] = header.get("dataset", "nih")
-    prefix = prefix or ("eval" if mask is None else f"eval/external/{metrics['dataset']}")
     if mask is not None:
         (out / "auroc.md").write_text(auroc_table_md({"ours": auroc}) + "\n")
     else:
@@ -194,12 +208,27 @@ def evaluate_split(
     plot_roc(labels, logits, out / "roc.png")
     images = {f"{split}/roc": str(out / "roc.png")}
     if split == "bbox":
-        metrics["localization"], overlays = _localize(placed["maps"], loader, ecfg, out)
+        metrics["localization"], overlays = _localize(placed["maps"], loader, ctx.cfg.eval, out)
         metrics["localization_intervals"] = localization_intervals(metrics["localization"], dict(zip(keys, pids)))
         images |= overlays
         # the per-(image, class) FP counts go beside metrics.json, not into it (eval/pairs_file.py)
         metrics["localization"] = write_pairs(metrics["localization"], out)
     _write_json(out / "metrics.json", metrics)
+    return metrics, images, published
+
+
+def _log_split(
+    ctx: StageContext,
+    split: str,
+    loader: BaseLoader,
+    logits: np.ndarray,
+    metrics: dict[str, Any],
+    images: dict[str, str],
+    published: Any,
+    prefix: str,
+) -> None:
+    """Rank 0: the split's headline scalars, images, AUROC and ROC tables (and the bbox images table) to the tracker."""
+    labels, keys = loader.reader.labels, list(loader.reader.keys)
     ctx.tracker.log(_headline(split, metrics), step=0, prefix=prefix)
     ctx.tracker.log_images(images, step=0, prefix=prefix)
     ctx.tracker.log_table(f"{prefix}/{split}/auroc", *_auroc_table(metrics, published))
@@ -208,11 +237,9 @@ def evaluate_split(
     )
     if "localization" in metrics:
         by_key = {k.rsplit("/", 1)[-1]: f"{prefix}/{k}" for k in images if k.startswith("boxes/")}
-        first = f"{float(ecfg.thresholds[0]):g}"  # the key format of the localization results
+        first = f"{float(ctx.cfg.eval.thresholds[0]):g}"  # the key format of the localization results
         rows = bbox_image_rows(keys, labels, logits, metrics["localization"]["per_box"], first, by_key)
         ctx.tracker.log_table(f"{prefix}/{split}/images", BBOX_COLUMNS, rows)
-    logger.info("%s: mean AUROC %s over %d samples → %s", split, auroc["mean"], len(labels), out)
-    return metrics
 
 
 def _patient_ids(loader: BaseLoader) -> np.ndarray | None:

@@ -303,18 +303,9 @@ def evaluate_localization(
     keys, box_cls, gt = _parse_records(boxes, orig_size, compare_wh)
     groups = _group_pairs(keys, box_cls, heatmaps)
     matches = _match(heatmaps, groups, gt, compare_wh, list(thresholds), connectivity)
-
     classes = sorted(set(range(len(BOX_CLASSES))) | set(box_cls.tolist()))
     box_counts = np.bincount(box_cls, minlength=len(LABELS))
     pairs_per_class = np.bincount([c for _, c in groups], minlength=len(LABELS)).astype(np.float64)
-    warnings = [
-        f"{LABELS[c]}: no ground-truth boxes; reported as n/a and left out of the means over classes"
-        for c in classes
-        if box_counts[c] == 0
-    ]
-    for w in warnings:
-        logger.warning(w)
-
     grids = {"iou": WANG_IOU_T, "iobb": WANG_IOBB_T}
     pair_cls = np.array([c for _, c in groups], dtype=np.int64)
     fp_pairs = {tk: _fp_per_pair(m, len(groups), grids) for tk, m in matches.items()}
@@ -322,6 +313,7 @@ def evaluate_localization(
     best_iou = {tk: m["box_iou"] for tk, m in matches.items()}
     best_iou[ORACLE] = np.max(np.stack(list(best_iou.values())), axis=0)
     acc_at_iou, best_box_iou = _acc_and_best_iou(best_iou, box_cls, classes, KIM_IOU_T)
+    per_box = {"key": keys, "class_idx": box_cls.tolist(), "best_iou": {k: b.tolist() for k, b in best_iou.items()}}
     return {
         "protocol": _protocol(compare_wh, thresholds, connectivity),
         "classes": [LABELS[c] for c in classes],
@@ -334,18 +326,31 @@ def evaluate_localization(
         ACC_AT_IOU: acc_at_iou,
         BEST_BOX_IOU: best_box_iou,
         "compared_with": dict(COMPARED_WITH),
-        "per_box": {
-            "key": keys,
-            "class_idx": box_cls.tolist(),
-            "best_iou": {tk: b.tolist() for tk, b in best_iou.items()},
+        "per_box": per_box,
+        "per_pair": _per_pair(groups, pair_cls, fp_pairs),
+        "warnings": _no_box_warnings(classes, box_counts),
+    }
+
+
+def _no_box_warnings(classes: Sequence[int], box_counts: np.ndarray) -> list[str]:
+    """One warning (logged and returned) per class without ground-truth boxes."""
+    warnings = [
+        f"{LABELS[c]}: no ground-truth boxes; reported as n/a and left out of the means over classes"
+        for c in classes
+        if box_counts[c] == 0
+    ]
+    for w in warnings:
+        logger.warning(w)
+    return warnings
+
+
+def _per_pair(groups: Sequence[tuple[str, int]], pair_cls: np.ndarray, fp_pairs: Mapping) -> dict[str, Any]:
+    """The (image, class) pairs with a GT box, and their FP counts per threshold, grid and T (AFP's numerators)."""
+    return {
+        "key": [k for k, _ in groups],
+        "class_idx": pair_cls.tolist(),
+        "fp": {
+            tk: {g: {t: v.astype(np.int64).tolist() for t, v in by_t.items()} for g, by_t in fp.items()}
+            for tk, fp in fp_pairs.items()
         },
-        "per_pair": {  # the (image, class) pairs with a GT box, and their FP counts (AFP's numerators)
-            "key": [k for k, _ in groups],
-            "class_idx": pair_cls.tolist(),
-            "fp": {
-                tk: {g: {t: v.astype(np.int64).tolist() for t, v in by_t.items()} for g, by_t in fp.items()}
-                for tk, fp in fp_pairs.items()
-            },
-        },
-        "warnings": warnings,
     }
