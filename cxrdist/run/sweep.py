@@ -102,12 +102,29 @@ def _resolve_all(argv: list[str]) -> tuple[argparse.Namespace, Path, list[tuple[
         raise UsageError("-m (--multirun) without a swept override: give key=a,b (e.g. seed=0,1,2)")
     root = args.run_dir or Path("runs") / (args.name or "sweep")
     flags = [a for a in argv if a not in extra]
-    out = []
+    out, shapes = [], []
     for element_overrides, values in elements:
         run_dir = root / override_dirname(values)
         element_args, cfg, tasks = launcher.resolve([*flags, "--run-dir", str(run_dir), *element_overrides])
         out.append((cfg, values))
+        shapes.append((to_container(cfg.cluster), tasks))
+    _refuse_varying_job(shapes, [values for _, values in out])
     return element_args, root, out, tasks
+
+
+def _refuse_varying_job(shapes: list[tuple[dict[str, Any], int]], values: list[dict[str, str]]) -> None:
+    """One job array has one set of Slurm settings: a ``cluster.*`` value (or tasks per node) that differs
+    between elements would silently be the first element's, so it is refused (one sweep per value instead)."""
+    (cluster0, tasks0), first = shapes[0], override_dirname(values[0])
+    for (cluster, tasks), vals in zip(shapes[1:], values[1:]):
+        keys = sorted(k for k in cluster0.keys() | cluster.keys() if cluster0.get(k) != cluster.get(k))
+        what = f"cluster.{keys[0]} ({cluster0.get(keys[0])} vs {cluster.get(keys[0])})" if keys else None
+        what = what or (f"tasks per node ({tasks0} vs {tasks})" if tasks != tasks0 else None)
+        if what:
+            raise UsageError(
+                f"{what} differs between sweep elements {first} and {override_dirname(vals)}: one job array "
+                "runs with one set of cluster settings; submit one sweep per value"
+            )
 
 
 def _array_executor(args: argparse.Namespace, root: Path, tasks: int, cfg, n: int, preview: bool = False) -> Any:

@@ -57,6 +57,7 @@ def test_dry_run_prints_one_array_and_creates_nothing(tmp_path: Path, capsys, mo
         (["-m", "method=dcnn,chexnte"], "unknown method option 'chexnte'; did you mean chexnet?"),
         (["-m", "seed=0,1", "method.stages.train.epohcs=1"], "did you mean method.stages.train.epochs"),
         (["-m", "seed=0,1", "method=[a"], "cannot parse the overrides"),
+        (["-m", "seed=0,1", "cluster.timeout_min=10,20"], "cluster.timeout_min (10 vs 20) differs between sweep"),
     ],
 )
 def test_mistakes_are_one_line_before_anything_exists(tmp_path: Path, capsys, argv: list[str], match: str):
