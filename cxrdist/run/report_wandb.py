@@ -33,7 +33,7 @@ from cxrdist.eval.leaderboard import group_runs, published_mean
 from cxrdist.eval.localization import ORACLE
 from cxrdist.labels import LABELS
 from cxrdist.log import drop_inherited_wandb_service, wandb_environment
-from cxrdist.run.wandb_sync import wandb_env
+from cxrdist.run.wandb_sync import current_folder, switch_in, wandb_env
 
 logger = logging.getLogger(__name__)
 FOLDER = Path("wandb") / "report"  # under the report's output folder
@@ -158,9 +158,8 @@ def log_run(
     entity default to the ``runs``' own when they agree. A W&B failure warns and leaves no half-built run."""
     fp = _fingerprint(spec.run_id, tables, summary, images)
     target = out / spec.folder
-    source = target / "source.json"
-    if _folder(target) is not None and source.is_file() and json.loads(source.read_text()).get("fingerprint") == fp:
-        return Logged(_folder(target), spec.run_id, built=False)
+    if (current := current_folder(target, fp)) is not None:
+        return Logged(current, spec.run_id, built=False)
     mode = wandb_environment(out)["WANDB_MODE"]
     if mode == "disabled":
         logger.info("WANDB_MODE=disabled: the %s is not logged to W&B", spec.job_type)
@@ -175,12 +174,7 @@ def log_run(
         shutil.rmtree(build, ignore_errors=True)
         logger.warning("W&B logging of the %s failed (%s: %s); it stays in %s", spec.job_type, type(e).__name__, e, out)
         return Logged(None, spec.run_id, built=False)
-    (build / "source.json").write_text(json.dumps({"fingerprint": fp, "run_id": spec.run_id}) + "\n")
-    old = out / "wandb" / f".{spec.folder.name}-old-{os.getpid()}"
-    if target.exists():
-        target.rename(old)
-    build.rename(target)  # switched in whole: one run folder per output, never a pile of them
-    shutil.rmtree(old, ignore_errors=True)
+    switch_in(build, target, {"fingerprint": fp, "run_id": spec.run_id})
     return Logged(_folder(target), spec.run_id, built=True)
 
 

@@ -261,27 +261,42 @@ def consolidated_folder(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def current_folder(target: Path, fingerprint: str) -> Path | None:
+    """The W&B run folder under ``target`` when ``target/source.json`` says it was built from ``fingerprint``
+    (nothing to rebuild), else None."""
+    found = sorted((target / "wandb").glob("*run-*"))
+    source = target / "source.json"
+    if found and source.is_file() and json.loads(source.read_text()).get("fingerprint") == fingerprint:
+        return found[-1]
+    return None
+
+
+def switch_in(build: Path, target: Path, source: dict[str, Any]) -> None:
+    """Write ``source.json`` (the fingerprint and what it describes) into ``build``, then put ``build`` in
+    ``target``'s place whole: a reader sees the old run or the new one, never a half (one folder, never a pile)."""
+    (build / "source.json").write_text(json.dumps(source) + "\n")
+    old = target.parent / f".{target.name}-old-{os.getpid()}"
+    if target.exists():
+        target.rename(old)
+    build.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def consolidate(run_dir: str | Path) -> Result:
     """Build (or keep, when nothing changed) the one consolidated offline W&B run of ``run_dir``."""
     run_dir = Path(run_dir)
     p = plan(run_dir)
     fp = p.fingerprint()
     target = run_dir / CONSOLIDATED
-    source = target / "source.json"
-    folder = consolidated_folder(run_dir)
-    if folder is not None and source.is_file() and json.loads(source.read_text()).get("fingerprint") == fp:
+    folder = current_folder(target, fp)
+    if folder is not None:
         return Result(folder, built=False, plan=p)
     for name in p.missing:
         logger.warning("%s: image %s is gone; left out of the consolidated run (listed in its summary)", run_dir, name)
     build = run_dir / "wandb" / f".consolidating-{os.getpid()}"
     shutil.rmtree(build, ignore_errors=True)
     _build(run_dir, p, build)
-    (build / "source.json").write_text(json.dumps({"fingerprint": fp, "rows": len(p.rows), "state": p.state}) + "\n")
-    old = run_dir / "wandb" / f".consolidated-old-{os.getpid()}"
-    if target.exists():
-        target.rename(old)
-    build.rename(target)  # switched in whole: a reader sees the old run or the new one, never a half
-    shutil.rmtree(old, ignore_errors=True)
+    switch_in(build, target, {"fingerprint": fp, "rows": len(p.rows), "state": p.state})
     folder = consolidated_folder(run_dir)
     logger.info("%s: consolidated W&B run %s (%d rows, %s) in %s", run_dir, p.run_id, len(p.rows), p.state, folder)
     return Result(folder, built=True, plan=p)
