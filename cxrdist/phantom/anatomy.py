@@ -1,12 +1,10 @@
-"""Synthetic PA chest radiographs for the phantom ChestX-ray14: the anatomy (body, lungs, heart, ribs ...) and masks.
+"""The phantom's normal chest: a sampled, posed anatomy (body, lungs, heart, mediastinum, ribs, clavicles) rendered
+to the layers of a :class:`Scene`, with the lung and heart masks.
 
 Anatomy is defined in normalised coordinates (0..1 across the image, y down) on a posed (rotated, scaled, shifted)
-copy of the pixel grid, so an image has the same anatomy at any drawing size. Findings are drawn in the image's own
-pixels inside a box ``(x, y, w, h)`` (the NIH box convention); a finding without a box gets a plausible one. Image
-left is the patient's right (PA view): the heart shadow lies mostly on the image's right.
-
-Each image draws from independent sub-streams (anatomy, texture, noise, one per finding), so adding a finding
-changes nothing outside it except where the finding itself reshapes anatomy (Cardiomegaly, Emphysema, Atelectasis).
+copy of the pixel grid, so an image has the same anatomy at any drawing size. Image left is the patient's right
+(PA view): the heart shadow lies mostly on the image's right. Findings (``findings.py``) reshape the anatomy and
+draw into the scene; ``draw.py`` composes the radiograph.
 """
 
 from __future__ import annotations

@@ -17,17 +17,10 @@ import pytest
 
 from cxrdist.config import compose
 from cxrdist.run.prepare import prepare_run
+from testkit.tiny import TINY_RUN
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "method=chexnet",
-    "method.model.pretrained=false",
-    "method.stages.train.epochs=1",
-    "method.stages.train.max_steps_per_epoch=1",
-    "method.stages.train.global_batch=8",
-    "loader.workers=0",
-    "logger=none",
-]
+TINY = ["method=chexnet", *TINY_RUN]
 NO_NETWORK = {
     "https_proxy": "http://127.0.0.1:9",
     "HTTPS_PROXY": "http://127.0.0.1:9",
