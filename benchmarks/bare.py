@@ -4,7 +4,7 @@
 (libjpeg-turbo), crop the sample's window and resample it to the output size with PIL (antialiased bilinear, the
 filter the loaders use), flip, and normalise to 3 ImageNet channels in numpy (float32 (3, out, out)); its output is
 checked against the torch loader's on 32 samples first (within the loaders' own 3 grey levels).
-The windows and flips are the loaders' own (``sample_geometry`` with the same seed), drawn before the
+The windows and flips are the loaders' own (``sample_geometries`` with the same seed), drawn before the
 timing: the limit, not the work of drawing them, is what (d) measures.
 (e) ``decode_only``: the same reads and the PIL decode alone.
 
@@ -27,8 +27,9 @@ from cxrdist.data.transforms import (
     SampleGeometry,
     apply_geometry_torch,
     normalize_batch,
-    sample_geometry,
-    sample_rng,
+    sample_geometries,
+    sample_uniforms,
+    uniform_columns,
 )
 
 MAX_GREY_DIFF = 3.0  # the loaders' own DALI-vs-torch tolerance (tests/data/test_loaders.py)
@@ -45,7 +46,7 @@ def plan(reader: ShardReader, ops: list[dict], seed: int = 0, epoch: int = 0) ->
 
 def geometries(ops: list[dict], src: tuple[int, int], n: int, seed: int = 0) -> list[SampleGeometry]:
     """The loaders' training windows and flips of positions 0..n-1 of epoch 0."""
-    return [sample_geometry(ops, src, sample_rng(seed, 0, p)) for p in range(n)]
+    return sample_geometries(ops, np.full((n, 2), src), sample_uniforms(seed, 0, np.arange(n), uniform_columns(ops)))
 
 
 class _Tars:

@@ -1,20 +1,21 @@
 """Benchmark [G8]: the loaders' feed rate, everything they do per sample except decode and augmentation.
 
 On a GPU node nvjpeg decodes and DALI resizes on the device, so what is left on a rank's CPU is Python: the
-sampler's plan, the reads at the ``.idx`` offsets, the crop windows and flips drawn per sample, feeding DALI's
+sampler's plan, the reads at the ``.idx`` offsets, the crop windows and flips drawn per batch, feeding DALI's
 ``external_source`` and handing the batch over to torch (labels, indices, the optimizer step's label counts).
 Two loaders do exactly that with the decode taken out, on one thread:
 
 - (f) torch path: the loader's real ``_join`` and sampler; each batch's bytes are read and windows drawn as the
-  torch loader's workers do (``reader.jpeg`` + ``geometry``), and a 1×1 image stands in for the decoded one.
+  torch loader's workers do (``reader.jpeg`` per sample + one ``draw_geometries`` per batch), and a 1×1 image
+  stands in for the decoded one.
 - (g) DALI path: the real ``DaliLoader`` with its real ``external_source`` callable and pipeline, minus the
   decode/slice/resize/flip operators (the pipeline returns the fed flips and indices); CPU pipeline, 1 thread.
 
-A last line times the lever for the largest part, the windows: the same RandomResizedCrop drawn for a whole
-batch with array operations (a prototype on another random stream, not what the loaders do). Each is timed in
-wall time and in samples per CPU-second of the process (on a shared machine the second is the
-one-core figure), then (f)'s CPU time per sample is split into its parts. Goal: ≥ 5,000 samples/s per rank on
-one core.
+Each is timed in wall time and in samples per CPU-second of the process (on a shared machine the second is the
+one-core figure), then (f)'s CPU time per sample is split into its parts; the windows line is the loaders' real
+batched draw (counter-based uniforms + the vectorised op chain, ``transforms.sample_geometries``), and a last line
+draws the same windows one sample at a time through the same code (``draw_geometry``) for comparison. Goal:
+≥ 5,000 samples/s per rank on one core.
 Run: ``.venv/bin/python -m benchmarks.feed [--shards DIR | --num-images 400 --size 1024 --shard-size 256]``
 """
 
@@ -45,9 +46,9 @@ class NullDecodeLoader(BaseLoader):
 
     def _image_batches(self, epoch: int, plan: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[torch.Tensor]:
         for indices, positions in plan:
-            for i, p in zip(indices.tolist(), positions.tolist()):
+            for i in indices.tolist():
                 self.reader.jpeg(i)
-                self.geometry(i, p, epoch)
+            self.geometries(indices, positions, epoch)
             yield torch.zeros(len(indices), 1, 1, 1)
 
 
@@ -101,9 +102,9 @@ def breakdown(loader: BaseLoader, batch: int) -> dict[str, float]:
         loader.reader.jpeg(i)
     out["reads (reader.jpeg)"] = clock() - t0
     t0 = clock()
-    for i, p in flat:
-        loader.geometry(i, p, 0)
-    out["windows (geometry)"] = clock() - t0
+    for indices, positions in plan:
+        loader.geometries(indices, positions, 0)
+    out["windows (geometries, one draw per batch)"] = clock() - t0
     images = torch.zeros(batch, 1, 1, 1)
     t0 = clock()
     for indices, positions in plan:
@@ -113,28 +114,12 @@ def breakdown(loader: BaseLoader, batch: int) -> dict[str, float]:
     return {k: 1e6 * v / len(flat) for k, v in out.items()}
 
 
-def vectorised_windows(n: int, batch: int, src: float = 256.0) -> float:
-    """CPU µs per sample of torchvision's RandomResizedCrop windows + flips drawn for a whole batch at once.
-
-    A prototype of the lever, not the loaders' draw: one generator per batch and array draws give a different
-    random stream from the per-sample ``sample_rng`` (and would tie the windows to the batch, not the position).
-    """
-    rng = np.random.default_rng(0)
+def per_sample_windows(loader: BaseLoader, n: int) -> float:
+    """CPU µs per sample of the same windows drawn one sample at a time (``geometry``: a batch of one each)."""
     t0 = time.thread_time()
-    for _ in range(n // batch):
-        area = src * src * rng.uniform(0.08, 1.0, (batch, 10))
-        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), (batch, 10)))
-        w, h = np.sqrt(area * ratio), np.sqrt(area / ratio)
-        ok = (w <= src) & (h <= src)
-        first = np.where(ok.any(1), ok.argmax(1), -1)
-        pick = np.maximum(first, 0)
-        w = np.where(first >= 0, w[np.arange(batch), pick], src)
-        h = np.where(first >= 0, h[np.arange(batch), pick], src)
-        x0 = np.rint(rng.uniform(0, 1, batch) * (src - w)).astype(np.int32)
-        y0 = np.rint(rng.uniform(0, 1, batch) * (src - h)).astype(np.int32)
-        flips = rng.random(batch) < 0.5
-        np.stack([x0, y0, np.rint(w), np.rint(h), flips], 1)
-    return 1e6 * (time.thread_time() - t0) / (n // batch * batch)
+    for p in range(n):
+        loader.geometry(p % loader.num_samples, p, 0)
+    return 1e6 * (time.thread_time() - t0) / n
 
 
 def run(shards: Path, batch: int, min_seconds: float, repeat: int) -> dict:
@@ -149,7 +134,7 @@ def run(shards: Path, batch: int, min_seconds: float, repeat: int) -> dict:
     rate = {k: statistics.median(r["samples"] / r["seconds"] for r in v) for k, v in runs.items()}
     per_cpu = {k: statistics.median(r["samples"] / r["cpu_seconds"] for r in v) for k, v in runs.items()}
     parts = breakdown(loaders["f"], batch)
-    parts["windows, vectorised per batch (prototype)"] = vectorised_windows(20 * batch, batch)
+    parts["windows, one sample at a time (comparison)"] = per_sample_windows(loaders["f"], 20 * batch)
     return {"rate": rate, "per_cpu": per_cpu, "breakdown": parts}
 
 

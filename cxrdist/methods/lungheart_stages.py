@@ -30,7 +30,13 @@ from cxrdist.data.jsrt import STRUCTURES, load_segmentation_set, split_set
 from cxrdist.data.loaders.memory import MemoryLoader
 from cxrdist.data.reader import ShardReader
 from cxrdist.data.sidecar import Sidecar
-from cxrdist.data.transforms import apply_geometry_torch, normalize_batch, sample_geometry, sample_rng
+from cxrdist.data.transforms import (
+    apply_geometry_torch,
+    normalize_batch,
+    sample_geometries,
+    sample_uniforms,
+    uniform_columns,
+)
 from cxrdist.engine.checkpoint import load_model_weights, load_trained
 from cxrdist.engine.sidecar_writer import fill_split_sidecars, inference_autocast
 from cxrdist.engine.stages import StageContext, TrainStage
@@ -66,9 +72,8 @@ def seg_batch(sset, indices: np.ndarray, transforms: Any, train: bool, seed: int
     """Images (B, C, H, W) normalised and target masks (B, 3, H, W) 0/1 after the recipe's geometry."""
     ops, side = _ops(transforms, train), sset.images.shape[-1]
     images, masks = [], []
-    for n, i in enumerate(indices):
-        rng = sample_rng(seed, epoch, int(positions[n])) if train and positions is not None else None
-        g = sample_geometry(ops, (side, side), rng)
+    u = sample_uniforms(seed, epoch, positions, uniform_columns(ops)) if train and positions is not None else None
+    for i, g in zip(indices, sample_geometries(ops, np.full((len(indices), 2), side), u)):
         images.append(apply_geometry_torch(torch.from_numpy(sset.images[i]), g))
         masks.append(torch.cat([apply_geometry_torch(torch.from_numpy(m), g) for m in sset.masks[i]]) >= 0.5)
     x = normalize_batch(torch.stack(images), transforms.normalize, transforms.channels)

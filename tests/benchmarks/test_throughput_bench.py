@@ -32,7 +32,7 @@ def test_bare_loop_and_decode_children(shard_root: Path):
 def test_feed_rate_benchmark(shard_root: Path):
     out = _module("feed", "--shards", str(shard_root), "--batch", "4", "--min-seconds", "0.05", "--repeat", "1")
     assert "(f) torch path" in out.stdout and "(g) DALI path" in out.stdout and "goal: >= 5000" in out.stdout
-    assert "windows (geometry)" in out.stdout
+    assert "windows (geometries, one draw per batch)" in out.stdout
 
 
 def test_gpu_benchmark_tiny_cpu_mode(shard_root: Path):

@@ -151,6 +151,16 @@ def test_sampler_global_batch_groups():
         assert sorted(g1[k][0].tolist()) == sorted(step2.tolist())
 
 
+def test_batch_draw_equals_one_sample_draw(shard_root: Path):
+    """A loader draws a batch's windows and flips at once; each equals that sample's own draw (its position alone
+    decides), in any order."""
+    loader = build_loader("torch", spec(shard_root), world_size=2, rank=1)
+    indices, positions = loader.sampler.remaining_batches()[1]
+    batch = loader.geometries(indices, positions, 4)
+    assert batch == [loader.geometry(int(i), int(p), 4) for i, p in zip(indices, positions)]
+    assert loader.geometries(indices[::-1], positions[::-1], 4) == batch[::-1] and len(set(batch)) == len(batch)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_dali_equals_torch_eval_transform(shard_root: Path, backend: str):
     """Deterministic eval transform: DALI-CPU equals the torch loader within 3 grey levels (max) and 0.5 (mean).

@@ -31,8 +31,9 @@ from cxrdist.data.transforms import (
     SampleGeometry,
     map_plane,
     normalize_batch,
-    sample_geometry,
-    sample_rng,
+    sample_geometries,
+    sample_uniforms,
+    uniform_columns,
     validate_ops,
 )
 
@@ -50,17 +51,34 @@ def decode_gray(data: bytes, where: str) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
+def draw_geometries(
+    spec: LoaderSpec,
+    src: tuple[int, int] | None,
+    reader: ShardReader,
+    indices: np.ndarray,
+    positions: np.ndarray,
+    epoch: int,
+) -> list[SampleGeometry]:
+    """The crops/flips of samples ``indices`` at ``positions`` of ``epoch`` (random only for training), drawn for the
+    whole batch at once; ``src`` is the stored size of every image (None: read from each sample's metadata).
+
+    Sample i's draw is a function of (seed, epoch, positions[i]) alone (:func:`sample_uniforms`), whatever batch,
+    rank or worker draws it; and of the arguments alone, so a DataLoader worker can draw it without the loader.
+    """
+    indices = np.asarray(indices).reshape(-1)
+    if src is not None:
+        sizes = np.broadcast_to(np.asarray(src, dtype=np.int64), (len(indices), 2))
+    else:
+        sizes = np.array([reader.meta(int(i))["size"] for i in indices], dtype=np.int64).reshape(-1, 2)
+    u = sample_uniforms(spec.seed, epoch, positions, uniform_columns(spec.ops)) if spec.train else None
+    return sample_geometries(spec.ops, sizes, u)
+
+
 def draw_geometry(
     spec: LoaderSpec, src: tuple[int, int] | None, reader: ShardReader, index: int, position: int, epoch: int
 ) -> SampleGeometry:
-    """The crop/flip of sample ``index`` at ``position`` of ``epoch`` (random only for training); ``src`` is the
-    stored size of every image (None: read from the sample's metadata).
-
-    A function of its arguments alone, so a DataLoader worker can draw it without holding the loader.
-    """
-    size = src or tuple(reader.meta(index)["size"])
-    rng = sample_rng(spec.seed, epoch, position) if spec.train else None
-    return sample_geometry(spec.ops, size, rng)
+    """One sample's :func:`draw_geometries` (the same window as when drawn in any batch)."""
+    return draw_geometries(spec, src, reader, np.array([index]), np.array([position]), epoch)[0]
 
 
 @dataclass
@@ -151,6 +169,10 @@ class BaseLoader(ABC):
         """The crop/flip of one sample (random only for training)."""
         return draw_geometry(self.spec, self._src, self.reader, index, position, epoch)
 
+    def geometries(self, indices: np.ndarray, positions: np.ndarray, epoch: int) -> list[SampleGeometry]:
+        """The crops/flips of a batch (random only for training), drawn at once."""
+        return draw_geometries(self.spec, self._src, self.reader, indices, positions, epoch)
+
     def _plan(self) -> tuple[int, list[tuple[np.ndarray, np.ndarray]]]:
         if self.sampler is not None:
             return self.sampler.state.epoch, self.sampler.remaining_batches()
@@ -174,7 +196,7 @@ class BaseLoader(ABC):
         for name, sc in self.sidecars.items():
             rows = torch.from_numpy(sc.rows(indices))
             if sc.kind == "image":
-                geoms = [self.geometry(int(i), int(p), epoch) for i, p in zip(indices, positions)]
+                geoms = self.geometries(indices, positions, epoch)
                 rows = torch.stack([self._map_geometry(r, g) for r, g in zip(rows, geoms)])
             batch[name] = rows.to(self.device)
         return batch

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cxrdist.data.format import DataError
-from cxrdist.data.loaders.base import BaseLoader, LoaderSpec, decode_gray, draw_geometry
+from cxrdist.data.loaders.base import BaseLoader, LoaderSpec, decode_gray, draw_geometries
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +69,10 @@ class DaliLoader(BaseLoader):
             epoch, indices, positions = next(feed.it)  # StopIteration ends the DALI epoch
             ids = indices.tolist()
             jpegs = [np.frombuffer(reader.jpeg(i), dtype=np.uint8) for i in ids]
-            geoms = [draw_geometry(spec, src, reader, i, p, epoch) for i, p in zip(ids, positions.tolist())]
+            geoms = draw_geometries(spec, src, reader, indices, positions, epoch)
             # Dense (batch, ...) arrays, one per output: DALI takes each as a whole batch (no per-sample arrays)
-            anchors = np.array([(g.x0, g.y0) for g in geoms], dtype=np.int32)
-            shapes = np.array([(g.w, g.h) for g in geoms], dtype=np.int32)
-            flips = np.array([g.flip for g in geoms], dtype=np.int32)
+            table = np.array(geoms, dtype=np.int32).reshape(-1, 7)  # x0, y0, w, h, out, flip, nearest per sample
+            anchors, shapes, flips = (np.ascontiguousarray(table[:, c]) for c in (slice(0, 2), slice(2, 4), 5))
             return jpegs, anchors, shapes, flips, indices.astype(np.int64).reshape(-1, 1)
 
         return next_batch

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from cxrdist.data.format import DataError
-from cxrdist.data.loaders.base import BaseLoader, LoaderSpec, decode_gray, draw_geometry
+from cxrdist.data.loaders.base import BaseLoader, LoaderSpec, decode_gray, draw_geometries
 from cxrdist.data.reader import ShardReader
 from cxrdist.data.transforms import SampleGeometry, apply_geometry_pil, apply_geometry_torch
 
@@ -42,8 +42,8 @@ class _BatchDataset(Dataset):
     def __getitem__(self, item: Item) -> torch.Tensor:
         epoch, indices, positions = item
         reader, out = self.reader, []
-        for i, p in zip(indices.tolist(), positions.tolist()):
-            g = draw_geometry(self.spec, self.src, reader, i, p, epoch)
+        geoms = draw_geometries(self.spec, self.src, reader, indices, positions, epoch)
+        for i, g in zip(indices.tolist(), geoms):
             if self.spec.resample == "uint8":
                 out.append(torch.from_numpy(_pil_8bit(reader, i, g))[None])
             else:
