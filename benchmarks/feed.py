@@ -13,9 +13,8 @@ Two loaders do exactly that with the decode taken out, on one thread:
 
 Each is timed in wall time and in samples per CPU-second of the process (on a shared machine the second is the
 one-core figure), then (f)'s CPU time per sample is split into its parts; the windows line is the loaders' real
-batched draw (counter-based uniforms + the vectorised op chain, ``transforms.sample_geometries``), and a last line
-draws the same windows one sample at a time through the same code (``draw_geometry``) for comparison. Goal:
-≥ 5,000 samples/s per rank on one core.
+batched draw (counter-based uniforms + the vectorised op chain, ``transforms.sample_geometries``; it was 40–47 µs
+a sample when each sample had its own seeded NumPy generator). Goal: ≥ 5,000 samples/s per rank on one core.
 Run: ``.venv/bin/python -m benchmarks.feed [--shards DIR | --num-images 400 --size 1024 --shard-size 256]``
 """
 
@@ -114,14 +113,6 @@ def breakdown(loader: BaseLoader, batch: int) -> dict[str, float]:
     return {k: 1e6 * v / len(flat) for k, v in out.items()}
 
 
-def per_sample_windows(loader: BaseLoader, n: int) -> float:
-    """CPU µs per sample of the same windows drawn one sample at a time (``geometry``: a batch of one each)."""
-    t0 = time.thread_time()
-    for p in range(n):
-        loader.geometry(p % loader.num_samples, p, 0)
-    return 1e6 * (time.thread_time() - t0) / n
-
-
 def run(shards: Path, batch: int, min_seconds: float, repeat: int) -> dict:
     """(f) and (g) interleaved ``repeat`` times; medians; plus (f)'s breakdown. Returns the figures."""
     torch.set_num_threads(1)
@@ -134,7 +125,6 @@ def run(shards: Path, batch: int, min_seconds: float, repeat: int) -> dict:
     rate = {k: statistics.median(r["samples"] / r["seconds"] for r in v) for k, v in runs.items()}
     per_cpu = {k: statistics.median(r["samples"] / r["cpu_seconds"] for r in v) for k, v in runs.items()}
     parts = breakdown(loaders["f"], batch)
-    parts["windows, one sample at a time (comparison)"] = per_sample_windows(loaders["f"], 20 * batch)
     return {"rate": rate, "per_cpu": per_cpu, "breakdown": parts}
 
 

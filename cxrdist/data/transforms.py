@@ -67,12 +67,14 @@ def validate_ops(ops: list[dict[str, Any]], where: str = "transform") -> None:
             )
 
 
-# SplitMix64 (Steele, Lea & Flood 2014): its golden-ratio increment and finaliser constants.
+# SplitMix64 (Steele, Lea & Flood, OOPSLA 2014; Java's SplittableRandom): its golden-ratio increment and its
+# finaliser (Stafford's Mix13 shifts and multipliers).
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MUL1, _MUL2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
 _MASK64 = (1 << 64) - 1
 RRC_TRIES = 10  # torchvision's RandomResizedCrop: 10 tries, then its fallback
+Window = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x, y, w, h: one entry per sample
 
 
 def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -110,9 +112,7 @@ def uniform_columns(ops: list[dict[str, Any]]) -> int:
     return sum(per_op.get(op["op"], 0) for op in ops)
 
 
-def _sample_rrc(
-    u: np.ndarray, fw: np.ndarray, fh: np.ndarray, op: dict
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _sample_rrc(u: np.ndarray, fw: np.ndarray, fh: np.ndarray, op: dict) -> Window:
     """torchvision's RandomResizedCrop windows (in the current frames) from ``u`` (n, 22), vectorised over samples.
 
     Try t uses columns 2t (area scale, uniform in ``scale``) and 2t + 1 (log aspect ratio, uniform in log ``ratio``);
@@ -134,7 +134,7 @@ def _sample_rrc(
     return x, y, np.where(found, w, side), np.where(found, h, side)
 
 
-def _crop(name: str, op: dict, u: np.ndarray | None, fw: np.ndarray, fh: np.ndarray):
+def _crop(name: str, op: dict, u: np.ndarray | None, fw: np.ndarray, fh: np.ndarray) -> Window:
     """One crop op's window (x, y, w, h) in the current frames; raises if a fixed-size crop exceeds a frame."""
     if name == "random_resized_crop" and u is not None:
         return _sample_rrc(u, fw, fh, op)

@@ -10,6 +10,7 @@ import pytest
 
 from cxrdist.data.transforms import (
     SampleGeometry,
+    _mix,
     sample_geometries,
     sample_geometry,
     sample_uniforms,
@@ -40,6 +41,8 @@ def test_uniforms_pure_in_range_and_silent():
         assert not np.isclose(other, u[:50]).any()  # another seed, epoch or position: other draws
     with pytest.raises(ValueError, match="positions must be >= 0"):
         sample_uniforms(0, 0, np.array([3, -1]), 2)
+    zero = np.zeros(1, dtype=np.uint64)  # the hash step is SplitMix64's: its first output from state 0
+    assert int(_mix(zero, zero)[0]) == 0xE220A8397B1DCDAF
 
 
 def test_window_is_the_same_in_any_batch():
