@@ -7,10 +7,17 @@ each worker whole batches and the DataLoader returns them in order, so the resul
 random access instead of a stream; see ``reader.py`` for why).
 
 One DataLoader serves every epoch and evaluation pass of a loader, with persistent workers: what a worker
-decodes is named entirely by the item it is handed (epoch, indices, positions), so the workers need no state
-of the sampler, and forking them once instead of every epoch saves their start-up (copy-on-write page faults
-of the parent's memory, the tar files reopened). A worker stacks its batch straight into shared memory
-(``default_collate``), so handing it to the main process copies nothing.
+decodes is named entirely by the item it is handed (epoch, indices, positions, slot), so the workers need no
+state of the sampler, and forking them once instead of every epoch saves their start-up (copy-on-write page
+faults of the parent's memory, the tar files reopened).
+
+A worker writes its batch into a **slot** of a pool of batch buffers in shared memory, made once before the
+workers fork, and hands back only the slot's number. The default hand-over (``default_collate`` into fresh
+shared memory) cost more than a third of the loader's CPU time per image here: a new shared-memory file per
+batch, its pages faulted in by the worker and again by the main process, and its file descriptor passed
+through a socket. Slot ``k mod n`` holds the pass's ``k``-th batch; a DataLoader has at most
+``prefetch_factor × workers`` batches sent and not yet returned, so with one slot more than that a slot is
+written again only after its batch was handed over and normalised into a new tensor (``BaseLoader._join``).
 """
 
 from __future__ import annotations
@@ -19,36 +26,41 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from cxrdist.data.format import DataError
 from cxrdist.data.loaders.base import BaseLoader, LoaderSpec, decode_gray, draw_geometries
 from cxrdist.data.reader import ShardReader
 from cxrdist.data.transforms import SampleGeometry, apply_geometry_pil, apply_geometry_torch
 
-# What a worker is handed: (epoch, global indices, positions in the epoch) of one batch
-Item = tuple[int, np.ndarray, np.ndarray]
+PREFETCH = 2  # batches in flight per worker (the DataLoader's prefetch_factor)
+# What a worker is handed: (epoch, global indices, positions in the epoch, slot) of one batch
+Item = tuple[int, np.ndarray, np.ndarray, int]
 
 
 class _BatchDataset(Dataset):
-    """Item = one whole batch, so a worker decodes a batch and order is fixed by the sampler.
+    """Item = one whole batch, written into its slot of ``pool``; returns (slot, batch size).
 
-    It holds the reader and the spec, not the loader: no reference cycle keeps the workers alive after the loader.
+    It holds the reader, the spec and the pool, not the loader: no reference cycle keeps the workers alive after
+    the loader.
     """
 
-    def __init__(self, reader: ShardReader, spec: LoaderSpec, src: tuple[int, int] | None):
-        self.reader, self.spec, self.src = reader, spec, src
+    def __init__(self, reader: ShardReader, spec: LoaderSpec, src: tuple[int, int] | None, pool: torch.Tensor):
+        self.reader, self.spec, self.src, self.pool = reader, spec, src, pool
 
-    def __getitem__(self, item: Item) -> torch.Tensor:
-        epoch, indices, positions = item
-        reader, out = self.reader, []
+    def __getitem__(self, item: Item) -> tuple[int, int]:
+        epoch, indices, positions, slot = item
+        reader, out = self.reader, self.pool[slot]
+        side = out.shape[-1]
         geoms = draw_geometries(self.spec, self.src, reader, indices, positions, epoch)
-        for i, g in zip(indices.tolist(), geoms):
+        for k, (i, g) in enumerate(zip(indices.tolist(), geoms)):
+            if g.out != side:
+                raise DataError(f"{reader.where(i)}: transform gives {g.out}², the split's first sample {side}²")
             if self.spec.resample == "uint8":
-                out.append(torch.from_numpy(_pil_8bit(reader, i, g))[None])
+                out[k, 0] = torch.from_numpy(_pil_8bit(reader, i, g))
             else:
-                out.append(apply_geometry_torch(decode_gray(reader.jpeg(i), reader.where(i)), g))
-        return default_collate(out)  # torch.stack, into shared memory when in a worker
+                out[k] = apply_geometry_torch(decode_gray(reader.jpeg(i), reader.where(i)), g)
+        return slot, len(indices)
 
 
 def _pil_8bit(reader: ShardReader, index: int, g: SampleGeometry) -> np.ndarray:
@@ -84,35 +96,45 @@ class TorchLoader(BaseLoader):
         if self._dl is None:
             workers = self.spec.workers
             self._feed = _Feed()
+            self._pool = self._make_pool(PREFETCH * workers + 1)
             self._dl = DataLoader(
-                _BatchDataset(self.reader, self.spec, self._src),
+                _BatchDataset(self.reader, self.spec, self._src, self._pool),
                 batch_size=None,
                 sampler=self._feed,
                 num_workers=workers,
-                pin_memory=self.device.type == "cuda",
-                prefetch_factor=2 if workers else None,
+                prefetch_factor=PREFETCH if workers else None,
                 persistent_workers=workers > 0,
                 multiprocessing_context="fork" if workers else None,
                 worker_init_fn=_one_thread,
             )
         return self._dl
 
+    def _make_pool(self, slots: int) -> torch.Tensor:
+        """(slots, batch, 1, side, side) batch buffers, in shared memory when workers (forked later) write them."""
+        side = self.geometry(0, 0, 0).out if len(self.reader) else 1
+        dtype = torch.uint8 if self.spec.resample == "uint8" else torch.float32
+        pool = torch.empty((slots, self.spec.batch_per_rank, 1, side, side), dtype=dtype)
+        return pool.share_memory_() if self.spec.workers else pool
+
     def _image_batches(self, epoch: int, plan: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[torch.Tensor]:
         dl = self._dataloader()
         self._pass += 1
-        mine = self._pass
-        self._feed.items = [(epoch, indices, positions) for indices, positions in plan]
+        mine, slots = self._pass, len(self._pool)
+        self._feed.items = [(epoch, idx, pos, k % slots) for k, (idx, pos) in enumerate(plan)]
         # iter() of a persistent DataLoader resets its one iterator: a pass left part-way (a break, max_steps)
-        # has its prefetched batches drained by the reset, so the new pass starts clean
+        # has its prefetched batches drained by the reset (their slots written before it returns), so the new
+        # pass starts clean
         it = iter(dl)
         while True:
             if self._pass != mine:  # checked before next(): the shared iterator now serves the newer pass
                 raise RuntimeError("one loader iterated twice at once; finish or drop one iteration first")
             try:
-                images = next(it)
+                slot, n = next(it)
             except StopIteration:
                 return
-            yield images
+            images = self._pool[slot, :n]
+            # to a GPU through pinned memory (torch's caching host allocator), as DataLoader's pin_memory did
+            yield images.pin_memory() if self.device.type == "cuda" else images
 
 
 def _one_thread(_: int) -> None:
