@@ -81,6 +81,22 @@ def test_order_independent_of_workers(shard_root: Path, workers: int):
     assert all(np.array_equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
 
 
+def test_torch_workers_write_slots_in_place(shard_root: Path):
+    """The workers write each batch into a slot of one shared pool (no new memory per batch), and a consumer slower
+    than the workers (every slot written ahead of it) still gets exactly workers=0's batches."""
+    ref = run_epoch(build_loader("torch", spec(shard_root, workers=0)))
+    loader = build_loader("torch", spec(shard_root, workers=2))
+    raw = list(loader._image_batches(0, loader._plan()[1][:1]))[0]
+    pool = loader._pool
+    assert pool.is_shared() and len(pool) == 2 * 2 + 1 and raw.data_ptr() == pool[0].data_ptr()
+    got = []
+    for b in loader:
+        time.sleep(0.02)  # the workers fill every free slot meanwhile
+        got.append((b["index"].numpy(), b["image"]))
+    assert len(got) == len(ref) > len(pool)
+    assert all(np.array_equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
+
+
 @pytest.mark.parametrize(("backend", "workers"), [("torch", 2), ("dali", 0)])
 def test_pass_left_part_way(shard_root: Path, backend: str, workers: int):
     """A pass dropped after 2 batches (prefetched batches still in the workers / the DALI pipeline): the loader's

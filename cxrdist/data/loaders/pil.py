@@ -114,7 +114,17 @@ class TorchLoader(BaseLoader):
         side = self.geometry(0, 0, 0).out if len(self.reader) else 1
         dtype = torch.uint8 if self.spec.resample == "uint8" else torch.float32
         pool = torch.empty((slots, self.spec.batch_per_rank, 1, side, side), dtype=dtype)
-        return pool.share_memory_() if self.spec.workers else pool
+        if not self.spec.workers:
+            return pool
+        try:
+            return pool.share_memory_()
+        except RuntimeError as e:  # /dev/shm too small (containers often give 64 MiB)
+            mib = pool.numel() * pool.element_size() / 2**20
+            raise RuntimeError(
+                f"loader ({self.spec.split}): {mib:.0f} MiB of shared memory for {slots} batch slots of "
+                f"{self.spec.workers} workers could not be had ({e}); lower loader.workers or the batch size, or "
+                "give the job a larger /dev/shm"
+            ) from None
 
     def _image_batches(self, epoch: int, plan: list[tuple[np.ndarray, np.ndarray]]) -> Iterator[torch.Tensor]:
         dl = self._dataloader()
