@@ -200,8 +200,12 @@ def sample_geometry(ops: list[dict[str, Any]], src: tuple[int, int], u: np.ndarr
     return sample_geometries(ops, np.asarray([src]), None if u is None else np.asarray(u)[None])[0]
 
 
-def apply_geometry_torch(img: torch.Tensor, g: SampleGeometry) -> torch.Tensor:
-    """Crop, resample and flip one (H, W) uint8 image; returns float32 (1, out, out) in [0, 255]."""
+def apply_geometry_torch(img: torch.Tensor, g: SampleGeometry, out: np.ndarray | None = None) -> torch.Tensor:
+    """Crop, resample and flip one (H, W) uint8 image; returns float32 (1, out, out) in [0, 255].
+
+    ``out``: a float32 (1, out, out) array to write the result into (a loader's batch slot); the flip is then the
+    write's reversed read, not a copy of its own.
+    """
     crop = img[g.y0 : g.y0 + g.h, g.x0 : g.x0 + g.w].float()[None, None]
     if crop.shape[-2:] != (g.out, g.out):
         if g.nearest:
@@ -211,23 +215,31 @@ def apply_geometry_torch(img: torch.Tensor, g: SampleGeometry) -> torch.Tensor:
                 crop, size=(g.out, g.out), mode="bilinear", antialias=True, align_corners=False
             )
     crop = crop[0]
-    return crop.flip(-1) if g.flip else crop
+    if out is None:
+        return crop.flip(-1) if g.flip else crop
+    out[...] = crop.numpy()[..., ::-1] if g.flip else crop.numpy()
+    return torch.from_numpy(out)
 
 
-def apply_geometry_pil(data: bytes, g: SampleGeometry) -> np.ndarray:
+def apply_geometry_pil(data: bytes, g: SampleGeometry, out: np.ndarray | None = None) -> np.ndarray:
     """Decode one grey JPEG, crop, resample in 8 bit with PIL and flip: uint8 (out, out) (``resample="uint8"``).
 
     PIL's antialiased bilinear (nearest for ``resize_nearest``) on the crop, as :func:`apply_geometry_torch` does in
     float32; PIL's fixed-point filter and its rounding to 8 bit put the result within ~1 grey level of the float one.
+    ``out``: a uint8 (out, out) array to write the result into (flipped by the write's reversed read).
     """
     with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("L").crop((g.x0, g.y0, g.x0 + g.w, g.y0 + g.h))
+        if im.mode != "L":
+            im = im.convert("L")
+        im = im.crop((g.x0, g.y0, g.x0 + g.w, g.y0 + g.h))
     if im.size != (g.out, g.out):
         filt = Image.Resampling.NEAREST if g.nearest else Image.Resampling.BILINEAR
         im = im.resize((g.out, g.out), filt)
-    if g.flip:
-        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.array(im)  # a writable copy: torch.from_numpy warns on PIL's read-only buffer
+    arr = np.asarray(im)  # read-only over PIL's bytes: copied below
+    if out is None:
+        return np.ascontiguousarray(arr[:, ::-1]) if g.flip else arr.copy()
+    out[...] = arr[:, ::-1] if g.flip else arr
+    return out
 
 
 def normalize_batch(x: torch.Tensor, normalize: str, channels: int) -> torch.Tensor:

@@ -45,10 +45,10 @@ def decode_gray(data: bytes, where: str) -> torch.Tensor:
     """JPEG bytes → (H, W) uint8 tensor; error naming the shard and key if undecodable."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("L"))
+            arr = np.array(im if im.mode == "L" else im.convert("L"))  # writable: torch.from_numpy warns otherwise
     except Exception as e:  # PIL raises many types for corrupt data
         raise DataError(f"{where}: undecodable JPEG: {type(e).__name__}: {e}") from None
-    return torch.from_numpy(arr.copy())
+    return torch.from_numpy(arr)
 
 
 def draw_geometries(

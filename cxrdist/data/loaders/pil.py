@@ -50,23 +50,24 @@ class _BatchDataset(Dataset):
 
     def __getitem__(self, item: Item) -> tuple[int, int]:
         epoch, indices, positions, slot = item
-        reader, out = self.reader, self.pool[slot]
+        reader, out = self.reader, self.pool[slot].numpy()
         side = out.shape[-1]
         geoms = draw_geometries(self.spec, self.src, reader, indices, positions, epoch)
         for k, (i, g) in enumerate(zip(indices.tolist(), geoms)):
             if g.out != side:
                 raise DataError(f"{reader.where(i)}: transform gives {g.out}², the split's first sample {side}²")
             if self.spec.resample == "uint8":
-                out[k, 0] = torch.from_numpy(_pil_8bit(reader, i, g))
+                _pil_8bit(reader, i, g, out[k, 0])
             else:
-                out[k] = apply_geometry_torch(decode_gray(reader.jpeg(i), reader.where(i)), g)
+                apply_geometry_torch(decode_gray(reader.jpeg(i), reader.where(i)), g, out[k])
         return slot, len(indices)
 
 
-def _pil_8bit(reader: ShardReader, index: int, g: SampleGeometry) -> np.ndarray:
-    """``resample="uint8"``: the sample through :func:`apply_geometry_pil`; an undecodable one names its key."""
+def _pil_8bit(reader: ShardReader, index: int, g: SampleGeometry, out: np.ndarray) -> np.ndarray:
+    """``resample="uint8"``: the sample through :func:`apply_geometry_pil` into ``out``; an undecodable one names
+    its key."""
     try:
-        return apply_geometry_pil(reader.jpeg(index), g)
+        return apply_geometry_pil(reader.jpeg(index), g, out)
     except DataError:
         raise
     except Exception as e:  # PIL raises many types for corrupt data (as decode_gray)
