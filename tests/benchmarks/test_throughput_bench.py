@@ -1,4 +1,4 @@
-"""benchmarks/loader.py (d)/(e), benchmarks/feed.py and benchmarks/gpu.py stay working (tiny runs, seconds).
+"""benchmarks/loader.py (d)/(e), loader_parts.py, feed.py and gpu.py stay working (tiny runs, seconds).
 
 Their timings are printed, never asserted (speed targets live in the benchmarks, not in timed tests); what is
 asserted is that each figure is produced and that the bare loop (d) does the loaders' work (same output).
@@ -33,6 +33,16 @@ def test_feed_rate_benchmark(shard_root: Path):
     out = _module("feed", "--shards", str(shard_root), "--batch", "4", "--min-seconds", "0.05", "--repeat", "1")
     assert "(f) torch path" in out.stdout and "(g) DALI path" in out.stdout and "goal: >= 5000" in out.stdout
     assert "windows (geometries, one draw per batch)" in out.stdout
+
+
+def test_loader_parts_benchmark(shard_root: Path):
+    """benchmarks/loader_parts.py times every part of (d) and of both loaders, DALI's operators by difference."""
+    out = _module("loader_parts", "--shards", str(shard_root), "--batch", "4", "--images", "8", "--repeat", "1").stdout
+    rows = {line[:50].strip(): float(line[50:]) for line in out.splitlines() if line.startswith("  ")}
+    assert {"(d) PIL decode", "loader: windows + flips (per batch)", "torch loader: float resample + flip",
+            "DALI: resize uint8 alone", "loader: normalise (per batch)"} <= set(rows)  # fmt: skip
+    assert all(v > 0 for k, v in rows.items() if not k.endswith("alone"))
+    assert "(d)'s parts add up to" in out and "DALI's own CPU operator" in out
 
 
 def test_gpu_benchmark_tiny_cpu_mode(shard_root: Path):

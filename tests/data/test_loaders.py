@@ -97,6 +97,17 @@ def test_torch_workers_write_slots_in_place(shard_root: Path):
     assert all(np.array_equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, got))
 
 
+def test_dali_cpu_batches_are_views_that_later_runs_leave_alone(shard_root: Path):
+    """On the CPU the DALI loader hands over a view of the pipeline's output (no copy); batches held while the
+    pipeline runs on (prefetch included) keep their values, and equal the loader's normalised batches."""
+    loader = build_loader("dali", spec(shard_root))
+    epoch, plan = loader._plan()
+    raw = list(loader._image_batches(epoch, plan))
+    assert len(raw) > 2
+    ref = run_epoch(build_loader("dali", spec(shard_root)))
+    assert all(torch.equal(normalize_batch(r, "imagenet", 3), b) for r, (_, b) in zip(raw, ref))
+
+
 @pytest.mark.parametrize(("backend", "workers"), [("torch", 2), ("dali", 0)])
 def test_pass_left_part_way(shard_root: Path, backend: str, workers: int):
     """A pass dropped after 2 batches (prefetched batches still in the workers / the DALI pipeline): the loader's

@@ -90,7 +90,7 @@ class DaliLoader(BaseLoader):
             num_threads=self.num_threads,
             device_id=self.device_id,
             prefetch_queue_depth=2,
-            exec_dynamic=True,
+            exec_dynamic=True,  # outputs allocated per iteration: _to_torch's CPU view relies on it
         )
         def pipe():
             jpegs, anchor, shape, flip, index = fn.external_source(
@@ -171,7 +171,8 @@ def sample_geometry_out(loader: BaseLoader, index: int) -> int:
 
 
 def _to_torch(tl, device: torch.device, uint8: bool = False) -> torch.Tensor:
-    """A DALI TensorList (uniform shapes) → torch tensor on ``device`` (zero-copy into a CUDA tensor on GPU)."""
+    """A DALI TensorList (uniform shapes) → torch tensor on ``device`` (one device copy into a CUDA tensor on GPU;
+    on the CPU a view of DALI's buffer)."""
     if device.type == "cuda":
         from nvidia.dali.plugin.pytorch import feed_ndarray  # optional heavy dependency: DALI (see above)
 
@@ -179,4 +180,6 @@ def _to_torch(tl, device: torch.device, uint8: bool = False) -> torch.Tensor:
         out = torch.empty(t.shape(), dtype=torch.uint8 if uint8 else torch.float32, device=device)
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(device))
         return out
-    return torch.from_numpy(np.asarray(tl.as_array()))
+    # A view of DALI's output, not a copy (as_array copies): the dynamic executor allocates each iteration's outputs
+    # anew and the view keeps its buffer alive, so later runs never write into a batch still held
+    return torch.from_numpy(np.asarray(tl.as_tensor()))
