@@ -6,6 +6,8 @@ filter the loaders use), flip, and normalise to 3 ImageNet channels in numpy (fl
 checked against the torch loader's on 32 samples first (within the loaders' own 3 grey levels).
 The windows and flips are the loaders' own (``sample_geometries`` with the same seed), drawn before the
 timing: the limit, not the work of drawing them, is what (d) measures.
+(k) ``kept_batches_loop``: (d), each image normalised into a fresh batch array kept until the next batch is full,
+as a loader must hand the trainer batches it keeps ((d) normalises into a buffer that is dropped while in cache).
 (e) ``decode_only``: the same reads and the PIL decode alone.
 
 Both run on one thread in the calling process; their img/s is the per-core limit the loaders are held against.
@@ -94,6 +96,34 @@ def bare_loop(reader: ShardReader, ops: list[dict], src: tuple[int, int], min_se
         return {"grey_diff": diff} | _timed(
             lambda k: transform_one(tars.read(*refs[k]), geoms[k]), len(refs), min_seconds
         )
+    finally:
+        tars.close()
+
+
+def kept_batches_loop(
+    reader: ShardReader, ops: list[dict], src: tuple[int, int], batch: int, min_seconds: float = 2.0
+) -> dict:
+    """(k): (d)'s work, each image normalised into a fresh (batch, 3, out, out) array that is kept until the next
+    batch is full (what a loader hands the trainer), instead of a buffer dropped while still in cache."""
+    refs = plan(reader, ops)
+    geoms = geometries(ops, src, len(refs))
+    tars, state = _Tars(reader), {"out": None, "j": batch}
+
+    def one(k: int) -> None:
+        g = geoms[k]
+        if state["j"] == batch:  # the last batch is handed over: a new one is filled
+            state["out"], state["j"] = np.empty((batch, 3, g.out, g.out), dtype=np.float32), 0
+        with Image.open(io.BytesIO(tars.read(*refs[k]))) as im:
+            im = im.crop((g.x0, g.y0, g.x0 + g.w, g.y0 + g.h)).resize((g.out, g.out), Image.Resampling.BILINEAR)
+        if g.flip:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        dst = state["out"][state["j"]]
+        np.multiply(np.asarray(im, dtype=np.float32)[None], SCALE, out=dst)
+        dst += BIAS
+        state["j"] += 1
+
+    try:
+        return _timed(one, len(refs), min_seconds)
     finally:
         tars.close()
 

@@ -21,11 +21,13 @@ def _module(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedPr
 
 
 def test_bare_loop_and_decode_children(shard_root: Path):
-    """(d) checks its output against the torch loader's path before timing; (e) times the decode alone."""
+    """(d) checks its output against the torch loader's path before timing; (k) keeps its batches; (e) times the
+    decode alone."""
     common = ["--shards", str(shard_root), "--shard-size", "64", "--min-seconds", "0.05"]
     d = json.loads(_module("loader", "--child", "d", *common).stdout.strip().splitlines()[-1])
     e = json.loads(_module("loader", "--child", "e", *common).stdout.strip().splitlines()[-1])
-    assert d["images"] > 0 and e["images"] > 0 and d["cpu_seconds"] > 0
+    k = json.loads(_module("loader", "--child", "k", "--batch", "4", *common).stdout.strip().splitlines()[-1])
+    assert d["images"] > 0 and e["images"] > 0 and k["images"] > 0 and d["cpu_seconds"] > 0
     assert 0 <= d["grey_diff"] <= 3.0 and d["shape"] == [3, 224, 224]
 
 
