@@ -82,6 +82,18 @@ def _wait_for(path: Path, text: str, timeout: float = 600) -> None:
         time.sleep(0.2)
 
 
+def _wait_gone(cluster: Cluster, job_id: str, timeout: float = 120) -> None:
+    """Wait until the job has left the queue (its last step ended)."""
+    deadline = time.time() + timeout
+    while True:
+        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                                env=cluster.env, timeout=30)  # fmt: skip
+        if queued.returncode == 0 and not queued.stdout.strip():
+            return
+        assert time.time() < deadline, f"job {job_id} still queued after {timeout} s: {queued.stdout.strip()}"
+        time.sleep(0.3)
+
+
 def _stable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("time", "attempt", "train/images_per_s")} for r in rows]
 
@@ -315,6 +327,8 @@ def test_train_sbatch_requeue_takes_sigterm_like_submitit(cluster: Cluster, shar
         _wait_for(run / "logs" / "rank0.log", "test fault: paused at epoch_end")
         subprocess.run(["scontrol", "requeue", job_id], check=True, env=cluster.env, timeout=30)
         _wait_for(run / "stages" / "01_eval" / "DONE.json", "world_size", timeout=600)
+        # the ranks still shut down after the last DONE.json: cancelling now would SIGTERM them a second time
+        _wait_gone(cluster, job_id)
     finally:
         subprocess.run(["scancel", job_id], env=cluster.env, timeout=30)
     for r in (0, 1):
