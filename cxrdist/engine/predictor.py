@@ -33,7 +33,7 @@ from cxrdist.data.transforms import (
     map_plane,
     normalize_batch,
     paste_maps,
-    sample_geometry,
+    sample_geometries,
 )
 from cxrdist.eval.thresholds import calls, sigmoid
 
@@ -92,7 +92,7 @@ class AuxNet:
 def eval_batch(grays: Sequence[np.ndarray], transforms: Any, device: torch.device) -> tuple[Tensor, list]:
     """Stored grey images → the loader's eval batch (normalised, on ``device``) and each image's geometry."""
     ops = [dict(o) for o in transforms["eval"]]
-    geoms = [sample_geometry(ops, (g.shape[1], g.shape[0]), None) for g in grays]
+    geoms = sample_geometries(ops, [(g.shape[1], g.shape[0]) for g in grays], None)  # one draw for the batch
     images = [torch.from_numpy(np.require(g, requirements=["C", "W"])) for g in grays]  # writable: no torch warning
     x = torch.stack([apply_geometry_torch(img, s) for img, s in zip(images, geoms)])
     return normalize_batch(x.to(device), transforms["normalize"], int(transforms["channels"])), geoms

@@ -97,7 +97,7 @@ def compute_anchor(ctx: StageContext, options: Any, recipe: Any) -> tuple[np.nda
         raise ValueError("align: no 'No Finding' image in the train split to build the anchor from")
     chosen = np.sort(np.random.default_rng([ctx.cfg.seed, 2000]).choice(normal, min(count, len(normal)), replace=False))
     mine, b = np.array_split(chosen, ctx.env.world_size)[ctx.env.rank], spec.batch_per_rank
-    side = loader.geometry(0, 0, 0).out
+    side = loader.out_size
     total = torch.zeros(recipe.transforms.channels, side, side, dtype=torch.float64, device=ctx.env.device)
     for batch in loader.iterate_indices([mine[i : i + b] for i in range(0, len(mine), b)]):
         total += batch["image"].double().sum(dim=0)

@@ -16,6 +16,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,11 @@ class BaseLoader(ABC):
     def num_samples(self) -> int:
         """Samples in the split."""
         return len(self.reader)
+
+    @cached_property
+    def out_size(self) -> int:
+        """The side of the transform's output, the same for every sample (first sample's; 0 for an empty split)."""
+        return self.geometry(0, 0, 0).out if len(self.reader) else 0
 
     def geometry(self, index: int, position: int, epoch: int) -> SampleGeometry:
         """The crop/flip of one sample (random only for training)."""

@@ -52,8 +52,6 @@ class DaliLoader(BaseLoader):
         super().__init__(spec, world_size=world_size, rank=rank, device=device)
         self.num_threads = num_threads
         self.device_id = dali_device_id(self.device)
-        outs = {sample_geometry_out(self, i) for i in range(min(len(self.reader), 1))}
-        self.out_size = outs.pop() if outs else 0
         self.nearest = any(op["op"] == "resize_nearest" for op in spec.ops)
         self._pipe, self._pipe_done, self._pass = None, False, 0
         self._feed = SimpleNamespace(it=iter(()))  # the pass being fed (its items), set before each pass
@@ -163,11 +161,6 @@ class DaliLoader(BaseLoader):
             f"DALI failed on a batch of {self.reader.root / self.reader.split} "
             f"(keys {[self.reader.keys[i] for i in indices[:3]]}...): {err}"
         )
-
-
-def sample_geometry_out(loader: BaseLoader, index: int) -> int:
-    """The output side of the loader's transform (the same for every sample)."""
-    return loader.geometry(index, 0, 0).out
 
 
 def _to_torch(tl, device: torch.device, uint8: bool = False) -> torch.Tensor:

@@ -112,7 +112,7 @@ class TorchLoader(BaseLoader):
 
     def _make_pool(self, slots: int) -> torch.Tensor:
         """(slots, batch, 1, side, side) batch buffers, in shared memory when workers (forked later) write them."""
-        side = self.geometry(0, 0, 0).out if len(self.reader) else 1
+        side = max(self.out_size, 1)  # an empty split still gets a (never written) pool
         dtype = torch.uint8 if self.spec.resample == "uint8" else torch.float32
         pool = torch.empty((slots, self.spec.batch_per_rank, 1, side, side), dtype=dtype)
         if not self.spec.workers:
