@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.loader import add_shard_arguments, shards_from
 from cxrdist.data.loaders.base import BaseLoader, LoaderSpec
 
 # Run as a plain script from a checkout where cxrdist is not installed into the venv.
@@ -130,21 +131,13 @@ def run(shards: Path, batch: int, min_seconds: float, repeat: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Prepare the shards (or take ``--shards``), run, print the table and the goal."""
-    from benchmarks.loader import get_phantom, get_shards
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", type=Path, help="an existing shard root (else drawn + written under --work-dir)")
-    parser.add_argument("--num-images", type=int, default=400)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--shard-size", type=int, default=256)
+    add_shard_arguments(parser, num_images=400, size=1024)
     parser.add_argument("--batch", type=int, default=128, help="per rank (a GPU rank's batch)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="per timed run")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs (medians)")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/cxrdist-bench"))
     args = parser.parse_args(argv)
-    shards = args.shards
-    if shards is None:
-        shards = get_shards(args.work_dir, get_phantom(args.work_dir, args.num_images, args.size, 2), args.shard_size)
+    shards = shards_from(args)
     print(f"cpus available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.2f}")
     print(f"{shards}: batch {args.batch}, one thread, {args.repeat} interleaved runs of >= {args.min_seconds} s")
     res = run(shards, args.batch, args.min_seconds, args.repeat)

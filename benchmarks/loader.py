@@ -82,6 +82,23 @@ def get_shards(work: Path, phantom: Path, shard_size: int) -> Path:
     return out
 
 
+def add_shard_arguments(parser: argparse.ArgumentParser, num_images: int, size: int) -> None:
+    """``--shards`` or a phantom of ``--num-images`` at ``--size``² written as ``--shard-size``² shards under
+    ``--work-dir`` (the benchmarks that read shards without the loader table's own options)."""
+    parser.add_argument("--shards", type=Path, help="an existing shard root (else drawn + written under --work-dir)")
+    parser.add_argument("--num-images", type=int, default=num_images)
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--shard-size", type=int, default=256)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/cxrdist-bench"))
+
+
+def shards_from(args: argparse.Namespace) -> Path:
+    """The shard root :func:`add_shard_arguments` asked for (the phantom and its shards made or reused)."""
+    if args.shards is not None:
+        return args.shards
+    return get_shards(args.work_dir, get_phantom(args.work_dir, args.num_images, args.size, 2), args.shard_size)
+
+
 def _baseline_loader(args: argparse.Namespace, keys: list[str]):
     import torch
     from PIL import Image

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 from benchmarks.bare import BIAS, SCALE, _Tars
-from benchmarks.loader import TRAIN_OPS, get_phantom, get_shards
+from benchmarks.loader import TRAIN_OPS, add_shard_arguments, shards_from
 from cxrdist.data.loaders.base import LoaderSpec, decode_gray
 from cxrdist.data.loaders.factory import build_loader
 from cxrdist.data.transforms import apply_geometry_pil, apply_geometry_torch, normalize_batch
@@ -153,18 +153,12 @@ def parts(shards: Path, batch: int, repeat: int, images: int) -> dict[str, float
 def main(argv: list[str] | None = None) -> None:
     """Prepare the shards (or take ``--shards``), time the parts, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", type=Path, help="an existing shard root (else drawn + written under --work-dir)")
-    parser.add_argument("--num-images", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--shard-size", type=int, default=256)
+    add_shard_arguments(parser, num_images=2000, size=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--images", type=int, default=640, help="training images timed per part and round")
     parser.add_argument("--repeat", type=int, default=5, help="interleaved rounds (medians)")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/cxrdist-bench"))
     args = parser.parse_args(argv)
-    shards = args.shards or get_shards(
-        args.work_dir, get_phantom(args.work_dir, args.num_images, args.size, 2), args.shard_size
-    )
+    shards = shards_from(args)
     print(f"cpus available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.2f}")
     med = parts(shards, args.batch, args.repeat, args.images)
     print(f"{shards}: {med.pop('images'):.0f} training images, batch {args.batch}, one thread, CPU µs per image, "
