@@ -67,14 +67,18 @@ class _Tars:
             f.close()
 
 
-def transform_one(data: bytes, g: SampleGeometry) -> np.ndarray:
-    """Decode + crop-resize + flip + normalise of one JPEG: float32 (3, out, out)."""
+def transform_one(data: bytes, g: SampleGeometry, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode + crop-resize + flip + normalise of one JPEG: float32 (3, out, out), into ``out`` when given."""
     with Image.open(io.BytesIO(data)) as im:
         # crop, then resample: the window's edge pixels are not blended with the pixels outside it (the loaders')
         im = im.crop((g.x0, g.y0, g.x0 + g.w, g.y0 + g.h)).resize((g.out, g.out), Image.Resampling.BILINEAR)
     if g.flip:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(im, dtype=np.float32)[None] * SCALE + BIAS
+    if out is None:
+        return np.asarray(im, dtype=np.float32)[None] * SCALE + BIAS
+    np.multiply(np.asarray(im, dtype=np.float32)[None], SCALE, out=out)
+    out += BIAS
+    return out
 
 
 def grey_diff(data: bytes, g: SampleGeometry) -> float:
@@ -113,13 +117,7 @@ def kept_batches_loop(
         g = geoms[k]
         if state["j"] == batch:  # the last batch is handed over: a new one is filled
             state["out"], state["j"] = np.empty((batch, 3, g.out, g.out), dtype=np.float32), 0
-        with Image.open(io.BytesIO(tars.read(*refs[k]))) as im:
-            im = im.crop((g.x0, g.y0, g.x0 + g.w, g.y0 + g.h)).resize((g.out, g.out), Image.Resampling.BILINEAR)
-        if g.flip:
-            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        dst = state["out"][state["j"]]
-        np.multiply(np.asarray(im, dtype=np.float32)[None], SCALE, out=dst)
-        dst += BIAS
+        transform_one(tars.read(*refs[k]), g, state["out"][state["j"]])
         state["j"] += 1
 
     try:
